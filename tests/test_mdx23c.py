@@ -1,0 +1,139 @@
+"""MDX23C (TFC-TDF v3): published key layout, parity with MSST on the tiny fixture, stems
+and lengths."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfsep.errors import ModelError
+from sfsep.inference import demix
+from sfsep.models import mdx23c
+
+TOLERANCE = 1e-5
+
+
+def shared_dir() -> Path:
+    folder = Path(os.environ.get("SFSEP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+    assert folder.is_dir(), f"shared folder not found at {folder} (set SFSEP_SHARED)"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path = shared_dir() / "parity" / "mdx23c_tiny.pt"
+    assert path.is_file(), f"missing fixture {path}"
+    fixture = torch.load(path, weights_only=True)
+    model = mdx23c.build(fixture["config"]).eval()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    return model, fixture
+
+
+def _manifest(name: str) -> dict:
+    manifest = json.loads((shared_dir() / "parity" / f"{name}.manifest.json").read_text())
+    if isinstance(manifest["config"], str):
+        manifest["config"] = ast.literal_eval(manifest["config"])
+    return manifest
+
+
+@pytest.mark.parametrize("name", ["mdx23c", "mdx23c_vocals"])
+def test_published_keys_and_shapes(name):
+    manifest = _manifest(name)
+    with torch.device("meta"):
+        model = mdx23c.build(manifest["config"])
+    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert shapes == manifest["state_dict"]
+    assert sum(value.numel() for value in model.state_dict().values()) == manifest["params"]
+    assert model.stems == tuple(manifest["config"]["training"]["instruments"])
+
+
+def test_forward_matches_reference(tiny):
+    model, fixture = tiny
+    with torch.inference_mode():
+        out = model(fixture["input"])
+    assert out.shape == fixture["output"].shape
+    assert (out - fixture["output"]).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize("batch_size_key", ["demix_output", "demix_output_batch1"])
+def test_demix_matches_reference(tiny, batch_size_key):
+    model, fixture = tiny
+    params = fixture["demix_params"]
+    batch_size = params["batch_size"] if batch_size_key == "demix_output" else 1
+    stems = demix(
+        model,
+        fixture["demix_input"],
+        chunk_size=params["chunk_size"],
+        overlap=params["num_overlap"],
+        style="msst",
+        batch_size=batch_size,
+    )
+    expected = fixture[batch_size_key]
+    assert stems.shape == expected.shape
+    assert (stems - expected).abs().max().item() < TOLERANCE
+
+
+def test_lengths_the_reference_cannot_take_still_return_every_sample(tiny):
+    model, fixture = tiny
+    mix = fixture["input"]  # 8064 samples = 64 frames, a valid length
+    assert model.valid_length(8064) == 8064
+    assert model.valid_length(8000) == 8064  # 63 frames -> padded to 64
+    assert model.valid_length(8100) == 8100  # 64 frames already (8064 + 36)
+    with torch.inference_mode():
+        longer = model(torch.cat([mix, mix[..., :36]], dim=-1))
+        shorter = model(mix[..., :8000])
+        shorter_padded = model(torch.nn.functional.pad(mix[..., :8000], (0, 64)))
+        tiny_input = model(mix[..., :100])
+    assert longer.shape == (1, 2, 2, 8100) and torch.isfinite(longer).all()
+    # A length the U-Net cannot take is zero-padded on the right, run, and cropped.
+    assert shorter.shape == (1, 2, 2, 8000)
+    assert (shorter - shorter_padded[..., :8000]).abs().max().item() < TOLERANCE
+    assert tiny_input.shape == (1, 2, 2, 100) and torch.isfinite(tiny_input).all()
+
+
+def test_batch_items_are_independent(tiny):
+    model, fixture = tiny
+    mix = torch.cat([fixture["input"], 0.5 * fixture["input"].flip(-1)])
+    with torch.inference_mode():
+        both = model(mix)
+    assert (both[:1] - fixture["output"]).abs().max().item() < TOLERANCE
+
+
+def test_autocast_keeps_stft_in_float32(tiny):
+    model, fixture = tiny
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(fixture["input"])
+    assert out.dtype == torch.float32
+    error = (out - fixture["output"]).abs().max().item()
+    assert error < 0.1 * fixture["output"].abs().max().item()
+
+
+def test_target_instrument_keeps_a_stem_axis(tiny):
+    _, fixture = tiny
+    config = copy.deepcopy(fixture["config"])
+    config["training"]["target_instrument"] = "vocals"
+    model = mdx23c.build(config).eval()
+    assert model.stems == ("vocals",)
+    with torch.inference_mode():
+        out = model(fixture["input"])
+    assert out.shape == (1, 1, 2, fixture["input"].shape[-1])
+
+
+def test_build_reports_missing_keys(tiny):
+    _, fixture = tiny
+    config = copy.deepcopy(fixture["config"])
+    del config["audio"]["dim_f"]
+    with pytest.raises(ModelError, match="audio.dim_f"):
+        mdx23c.build(config)
+    config = copy.deepcopy(fixture["config"])
+    config["model"]["act"] = "swish"
+    with pytest.raises(ModelError, match="act"):
+        mdx23c.build(config)
+    with pytest.raises(ModelError, match="model"):
+        mdx23c.build({"audio": fixture["config"]["audio"]})

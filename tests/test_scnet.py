@@ -1,0 +1,151 @@
+"""SCNet: published key layout, parity with MSST on the tiny fixture, and the whole-track
+normalisation of the SCNet-small config."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sfsep.errors import ModelError
+from sfsep.inference import demix
+from sfsep.models import scnet
+
+TOLERANCE = 1e-5
+
+
+def shared_dir() -> Path:
+    folder = Path(os.environ.get("SFSEP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+    assert folder.is_dir(), f"shared folder not found at {folder} (set SFSEP_SHARED)"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path = shared_dir() / "parity" / "scnet_tiny.pt"
+    assert path.is_file(), f"missing fixture {path}"
+    fixture = torch.load(path, weights_only=True)
+    model = scnet.build(fixture["config"]).eval()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    return model, fixture
+
+
+def _manifest(name: str) -> dict:
+    manifest = json.loads((shared_dir() / "parity" / f"{name}.manifest.json").read_text())
+    if isinstance(manifest["config"], str):
+        manifest["config"] = ast.literal_eval(manifest["config"])
+    return manifest
+
+
+@pytest.mark.parametrize("name", ["scnet", "scnet_large"])
+def test_published_keys_and_shapes(name):
+    manifest = _manifest(name)
+    with torch.device("meta"):
+        model = scnet.build(manifest["config"])
+    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert shapes == manifest["state_dict"]
+    assert sum(value.numel() for value in model.state_dict().values()) == manifest["params"]
+    assert model.stems == tuple(manifest["config"]["training"]["instruments"])
+
+
+def test_forward_matches_reference(tiny):
+    model, fixture = tiny
+    with torch.inference_mode():
+        out = model(fixture["input"])
+    assert out.shape == fixture["output"].shape
+    assert (out - fixture["output"]).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize("batch_size_key", ["demix_output", "demix_output_batch1"])
+def test_demix_matches_reference(tiny, batch_size_key):
+    model, fixture = tiny
+    params = fixture["demix_params"]
+    batch_size = params["batch_size"] if batch_size_key == "demix_output" else 1
+    stems = demix(
+        model,
+        fixture["demix_input"],
+        chunk_size=params["chunk_size"],
+        overlap=params["num_overlap"],
+        style="msst",
+        batch_size=batch_size,
+    )
+    expected = fixture[batch_size_key]
+    assert stems.shape == expected.shape
+    assert (stems - expected).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize("samples", [1000, 4096, 8191, 8192 + 128, 9999])
+def test_any_length_and_batch_items_independent(tiny, samples):
+    model, fixture = tiny
+    mix = 0.3 * torch.randn(2, 2, samples, generator=torch.Generator().manual_seed(samples))
+    with torch.inference_mode():
+        both = model(mix)
+        first = model(mix[:1])
+    assert both.shape == (2, 2, 2, samples)
+    assert torch.isfinite(both).all()
+    assert (both[:1] - first).abs().max().item() < TOLERANCE
+
+
+def test_autocast_keeps_stft_in_float32(tiny):
+    model, fixture = tiny
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(fixture["input"])
+    assert out.dtype == torch.float32
+    # bfloat16 convs/LSTMs are coarse, but the output must still be the same separation.
+    error = (out - fixture["output"]).abs().max().item()
+    assert error < 0.1 * fixture["output"].abs().max().item()
+
+
+def test_build_rejects_bad_configs(tiny):
+    _, fixture = tiny
+    config = {**fixture["config"], "model": {**fixture["config"]["model"], "unknown_option": 1}}
+    with pytest.raises(ModelError, match="unknown_option"):
+        scnet.build(config)
+    config = {**fixture["config"], "model": {**fixture["config"]["model"], "dims": [6, 8, 12, 16]}}
+    with pytest.raises(ModelError, match="dims"):
+        scnet.build(config)
+    with pytest.raises(ModelError, match="model"):
+        scnet.build({"audio": {}})
+
+
+def test_normalize_mixture_matches_msst_formula():
+    generator = torch.Generator().manual_seed(3)
+    mix = 0.2 * torch.randn(2, 50_000, generator=generator) + torch.tensor([[0.05], [-0.01]])
+    normalized, restore = scnet.normalize_mixture(mix)
+
+    # Independent oracle: the MSST formula written with numpy (population std).
+    array = mix.numpy().astype(np.float64)
+    mono = array.mean(axis=0)
+    expected = (array - mono.mean()) / mono.std()
+    assert np.abs(normalized.numpy() - expected).max() < 1e-5
+    assert normalized.dtype == mix.dtype
+    normalized_mono = normalized.double().mean(dim=0)
+    assert abs(normalized_mono.mean().item()) < 1e-6
+    assert abs(normalized_mono.std(correction=0).item() - 1.0) < 1e-5
+
+    # restore() maps stems (any leading axes) back: est * std + mean.
+    stems = torch.stack([normalized * 0.25, normalized * 0.75])
+    restored = restore(stems)
+    assert restored.shape == stems.shape
+    expected_restored = stems.numpy().astype(np.float64) * mono.std() + mono.mean()
+    assert np.abs(restored.numpy() - expected_restored).max() < 1e-6
+    assert (restore(normalized) - mix).abs().max().item() < 1e-5
+
+
+def test_normalize_mixture_silent_track_stays_finite():
+    mix = torch.full((2, 1000), 0.25)
+    normalized, restore = scnet.normalize_mixture(mix)
+    assert torch.isfinite(normalized).all()
+    assert (restore(normalized) - mix).abs().max().item() < 1e-7
+    with pytest.raises(ModelError):
+        scnet.normalize_mixture(torch.zeros(1, 2, 10))
+
+
+def test_wants_normalization_follows_published_configs():
+    assert scnet.wants_normalization(_manifest("scnet")["config"]) is True
+    assert scnet.wants_normalization(_manifest("scnet_large")["config"]) is False
