@@ -1,0 +1,298 @@
+"""Audio files in and out: reading, inspection (rate, channels, effective bandwidth), writing.
+
+Reading goes through soundfile (libsndfile: WAV, FLAC, OGG, MP3 where the bundled library has it,
+AIFF, ...) to float32 tensors shaped (channels, samples). Everything that can be wrong with an
+input file becomes an `AudioError` naming the file: missing, a folder, not audio, truncated,
+empty, NaN/Inf samples, too many channels.
+
+Writing is atomic: the file is written under a temporary name in the target folder and renamed
+into place when complete, so an interrupted run never leaves a half-written stem under the final
+name, and an existing file is never partly overwritten.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .errors import AudioError, UsageError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".caf", ".opus")
+"""Extensions that `sfsep batch` picks up in a folder."""
+
+WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC"}
+SUBTYPES = {
+    ("wav", 16): "PCM_16",
+    ("wav", 24): "PCM_24",
+    ("wav", 32): "FLOAT",
+    ("flac", 16): "PCM_16",
+    ("flac", 24): "PCM_24",
+}
+CLIP_MODES = ("clamp", "rescale", "none")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.rate if self.rate else 0.0
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file (use `sfsep batch` for folders)")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
+
+
+def _check_riff_complete(path: Path) -> None:
+    """libsndfile reads a truncated WAV without complaint (it returns the frames that are there),
+    so compare the declared size of the data chunk with the bytes actually present."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return
+        little = header[:4] == b"RIFF"
+        position = 12
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk_id = handle.read(4)
+            (chunk_size,) = struct.unpack("<I" if little else ">I", handle.read(4))
+            if chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):  # streamed or unknown length: nothing to check
+                    return
+                available = size - (position + 8)
+                if available < chunk_size:
+                    percent = 100.0 * available / chunk_size
+                    raise AudioError(
+                        f"{path}: the file is truncated ({available} of {chunk_size} data bytes, "
+                        f"{percent:.0f}%); re-export or re-download it"
+                    )
+                return
+            position += 8 + chunk_size + (chunk_size & 1)
+
+
+def inspect(path: str | os.PathLike) -> AudioInfo:
+    """Rate, channels, length and format of an audio file, without decoding it."""
+    path = Path(path)
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: not an audio file that can be read ({_short(exc)})") from exc
+    _check_riff_complete(path)
+    if info.frames == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+def read(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 2) -> tuple[torch.Tensor, int]:
+    """Decode a file to float32 (channels, samples) and its rate.
+
+    More than `max_channels` channels is an error unless `downmix`, which averages them to stereo
+    (odd channels to the left, even to the right, as a plain fold-down).
+    """
+    info = inspect(path)
+    path = info.path
+    if info.channels > max_channels and not downmix:
+        raise AudioError(
+            f"{path}: has {info.channels} channels; sfsep separates mono or stereo (add --downmix to fold it to stereo)"
+        )
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: could not be decoded ({_short(exc)})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise AudioError(f"{path}: contains {bad} NaN or infinite samples; the file is damaged")
+    audio = torch.from_numpy(np.ascontiguousarray(data.T))
+    if audio.shape[0] > max_channels:
+        audio = fold_to_stereo(audio)
+    return audio, int(rate)
+
+
+def fold_to_stereo(audio: torch.Tensor) -> torch.Tensor:
+    """Average channels 0, 2, 4... into left and 1, 3, 5... into right."""
+    return torch.stack([audio[0::2].mean(0), audio[1::2].mean(0)])
+
+
+# --------------------------------------------------------------------------------------------
+# Effective bandwidth
+
+
+def effective_bandwidth(audio: torch.Tensor, rate: int, *, threshold_db: float = 60.0) -> float:
+    """The highest frequency (Hz) at which the long-term spectrum is within `threshold_db` of its peak.
+
+    The long-term spectrum is the mean power spectrum of Hann-windowed frames of about 93 ms of
+    the channel average (at most ~400 frames spread over the file), smoothed over ~1% of the band
+    so that a single stray bin does not count. A 44.1 kHz file upsampled from 8 kHz reports about
+    4 kHz; a silent file reports 0.
+    """
+    mono = audio.double().mean(0) if audio.dim() == 2 else audio.double()
+    n_fft = 1 << max(6, round(math.log2(rate * 0.093)))
+    if mono.numel() < n_fft:
+        mono = torch.nn.functional.pad(mono, (0, n_fft - mono.numel()))
+    frames = mono.unfold(0, n_fft, n_fft // 2)
+    if frames.shape[0] > 400:
+        frames = frames[torch.linspace(0, frames.shape[0] - 1, 400).long()]
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    power = torch.fft.rfft(frames * window).abs().pow(2).mean(0)
+    width = max(1, power.numel() // 100)
+    smooth = torch.nn.functional.avg_pool1d(power[None, None], width, stride=1, padding=width // 2,
+                                            count_include_pad=False)[0, 0][: power.numel()]
+    peak = smooth.max()
+    if peak <= 0:
+        return 0.0
+    level_db = 10 * torch.log10(smooth / peak + 1e-300)
+    above = torch.nonzero(level_db >= -threshold_db).flatten()
+    highest_bin = int(above.max())
+    return min(rate / 2, highest_bin * rate / n_fft)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    path: Path
+    clipped_samples: int  # samples that were beyond [-1, 1] before clip handling
+    scale: float  # the gain applied by --clip rescale (1.0 otherwise)
+
+
+def subtype_for(fmt: str, bits: int) -> str:
+    """libsndfile subtype for a format and bit depth, or a UsageError for impossible pairs."""
+    if fmt not in WRITE_FORMATS:
+        raise UsageError(f"--format {fmt}: sfsep writes {', '.join(WRITE_FORMATS)}")
+    subtype = SUBTYPES.get((fmt, bits))
+    if subtype is None:
+        allowed = sorted(b for f, b in SUBTYPES if f == fmt)
+        raise UsageError(f"--bits {bits} with --format {fmt}: use one of {', '.join(map(str, allowed))}")
+    return subtype
+
+
+def prepare_for_writing(audio: torch.Tensor, *, bits: int, clip: str = "clamp") -> tuple[np.ndarray, int, float]:
+    """Apply clip handling; returns (samples, frames) array, the number of clipped samples and the scale.
+
+    clamp: samples beyond full scale are clamped (demucs clamps to 0.99 to leave headroom for
+    the integer conversion; we clamp to the largest value the bit depth holds). rescale: the whole
+    signal is scaled down so its peak fits. none: left as is (only sensible with --bits 32).
+    """
+    if clip not in CLIP_MODES:
+        raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
+    samples = audio.detach().float().cpu()
+    peak = float(samples.abs().max()) if samples.numel() else 0.0
+    clipped = int((samples.abs() > 1.0).sum())
+    scale = 1.0
+    if clip == "rescale" and peak > 1.0:
+        scale = 1.0 / peak
+        samples = samples * scale
+    elif clip == "clamp" and clipped:
+        limit = 1.0 if bits == 32 else 1.0 - 2.0 ** (1 - bits)
+        samples = samples.clamp(-limit, limit)
+    return samples.numpy().T, clipped, scale
+
+
+def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int, clip: str) -> tuple[str, WriteReport]:
+    """Write to a temporary file beside `path`; returns its name and the report."""
+    fmt = path.suffix.lower().lstrip(".")
+    subtype = subtype_for(fmt, bits)
+    data, clipped, scale = prepare_for_writing(audio, bits=bits, clip=clip)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=folder)
+    except OSError as exc:
+        raise AudioError(f"{folder}: cannot write in the output folder ({exc.strerror})") from exc
+    os.close(handle)
+    try:
+        sf.write(temporary, data, rate, subtype=subtype, format=WRITE_FORMATS[fmt])
+    except BaseException as exc:
+        _remove(temporary)
+        if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
+            raise AudioError(f"{path}: could not be written ({_short(exc)})") from exc
+        raise
+    return temporary, WriteReport(path, clipped, scale)
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def write_all(
+    items: list[tuple[Path, torch.Tensor]], rate: int, *, bits: int = 16, clip: str = "clamp", overwrite: bool = True
+) -> list[WriteReport]:
+    """Write several files as one unit: all are staged under temporary names first and renamed
+    into place only when every one of them was written, so a failure leaves none of them behind
+    (and replaces none of the existing ones)."""
+    if not overwrite:
+        for path, _ in items:
+            if Path(path).exists():
+                raise AudioError(f"{path}: exists (use --overwrite to replace it)")
+    staged: list[tuple[str, WriteReport]] = []
+    try:
+        for path, audio in items:
+            staged.append(_stage(Path(path), audio, rate, bits=bits, clip=clip))
+        for temporary, report in staged:
+            os.replace(temporary, report.path)
+    except BaseException:
+        for temporary, _ in staged:
+            _remove(temporary)
+        raise
+    return [report for _, report in staged]
+
+
+def write(
+    path: str | os.PathLike,
+    audio: torch.Tensor,
+    rate: int,
+    *,
+    bits: int = 16,
+    clip: str = "clamp",
+    overwrite: bool = True,
+) -> WriteReport:
+    """Write (channels, samples) to `path` atomically; the format comes from the extension."""
+    return write_all([(Path(path), audio)], rate, bits=bits, clip=clip, overwrite=overwrite)[0]
+
+
+def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str) -> Path:
+    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}) below `out`."""
+    try:
+        relative = template.format(model=model, track=track, trackext=trackext, stem=stem, ext=ext)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(
+            f"--filename {template!r}: unknown or malformed field ({exc}); use {{model}} {{track}} "
+            f"{{trackext}} {{stem}} {{ext}}"
+        ) from exc
+    result = Path(relative)
+    if result.is_absolute() or ".." in result.parts:
+        raise UsageError(f"--filename {template!r}: must stay inside the output folder")
+    return out / result

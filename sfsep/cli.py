@@ -1,0 +1,411 @@
+"""The `sfsep` command line: parses options, prints, sets the exit code. No signal processing.
+
+`sfsep FILE...` is `sfsep separate FILE...`: the group below inserts the default sub-command
+when the first argument is not one. Errors a user can cause (SfsepError) become one red line on
+stderr and exit code 1 (2 for usage errors); a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import click
+import typer
+import typer.core
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import SfsepError, UsageError
+
+DEFAULT_COMMAND = "separate"
+
+
+class DefaultCommandGroup(typer.core.TyperGroup):
+    """A group where a first argument that is not a sub-command means `separate`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = [DEFAULT_COMMAND, *args]
+        elif args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version", "--debug"):
+            # `sfsep --model classic song.wav`: options of separate before the file
+            if not any(a in self.commands for a in args if not a.startswith("-")):
+                args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=DefaultCommandGroup,
+    help="Separate music into stems, robustly across sampling rates.\n\n`sfsep FILE...` is short for `sfsep separate FILE...`.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sfsep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options
+
+ModelOpt = typer.Option(None, "--model", "-n", help="Model name or alias (`sfsep models` lists them). Default: classic.")
+OutOpt = typer.Option(Path("separated"), "--out", "-o", help="Output folder.")
+FilenameOpt = typer.Option("{track}/{stem}.{ext}", "--filename",
+                           help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext}.")
+FormatOpt = typer.Option("wav", "--format", help="wav or flac.")
+BitsOpt = typer.Option(16, "--bits", help="16, 24 or 32 (32 = float, wav only).")
+ClipOpt = typer.Option("clamp", "--clip", help="clamp | rescale | none: what to do with samples beyond full scale.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip the file).")
+DownmixOpt = typer.Option(False, "--downmix", help="Fold inputs with more than 2 channels to stereo.")
+ResamplerOpt = typer.Option("auto", "--resampler", "-r",
+                            help="auto | conventional | noisy | noise | none. auto: noisy below the model's rate, "
+                                 "conventional above, none when equal.")
+SigmaOpt = typer.Option(1e-3, "--sigma", help="Noisy-kernel noise standard deviation (default 1e-3, i.e. variance 1e-6).")
+SnrOpt = typer.Option(20.0, "--snr", help="SNR in dB of the noise added by --resampler noise.")
+SeedOpt = typer.Option(None, "--seed", help="Seed for the random resamplers, to reproduce a run.")
+ChunkOpt = typer.Option(None, "--chunk-seconds", help="Chunk length in seconds (default: the model's).")
+OverlapOpt = typer.Option(None, "--overlap", help="Chunk overlap as a fraction (default: the model's).")
+BatchOpt = typer.Option(None, "--batch-size", help="Chunks per batch (default: the model's).")
+DeviceOpt = typer.Option(os.environ.get("SFSEP_DEVICE", "auto"), "--device", "-d", help="auto | cpu | cuda | cuda:N | mps.")
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast; fp16 on CUDA only).")
+JsonOpt = typer.Option(False, "--json", help="Print a JSON summary instead of text.")
+
+
+def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision):
+    from .pipeline import Settings
+    from .resample import METHODS
+
+    if resampler != "auto" and resampler not in METHODS:
+        raise UsageError(f"--resampler {resampler}: use auto or one of {', '.join(METHODS)}")
+    if sigma < 0:
+        raise UsageError(f"--sigma {sigma}: must not be negative")
+    if chunk_seconds is not None and chunk_seconds <= 0:
+        raise UsageError(f"--chunk-seconds {chunk_seconds}: must be positive")
+    return Settings(resampler=resampler, sigma=sigma, snr_db=snr, seed=seed, chunk_seconds=chunk_seconds,
+                    overlap=overlap, batch_size=batch_size, device=device, precision=precision)
+
+
+def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name):
+    from .audio import CLIP_MODES, subtype_for
+    from .pipeline import OutputOptions
+
+    subtype_for(fmt, bits)
+    if clip not in CLIP_MODES:
+        raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
+    return OutputOptions(out=Path(out) / model_name, filename=filename, format=fmt, bits=bits, clip=clip,
+                         overwrite=overwrite, downmix=downmix)
+
+
+@contextmanager
+def _chunk_progress(console: Console, enabled: bool) -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=not enabled,
+    )
+    with progress:
+        yield progress
+
+
+def _progress_callback(progress: Progress, label: str):
+    task = progress.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return task, update
+
+
+def _report_line(result) -> str:
+    from .pipeline import FileResult
+
+    assert isinstance(result, FileResult)
+    if result.status == "skipped":
+        return f"[yellow]{result.path}: skipped[/] ({'; '.join(result.notes)})"
+    folder = os.path.commonpath([str(p.parent) for p in result.outputs]) if result.outputs else ""
+    line = (f"{result.path}: {result.input_rate} Hz (bandwidth {result.bandwidth_hz / 1000:.1f} kHz) -> model at "
+            f"{result.model_rate} Hz, resampler {result.strategy} ({result.reason}) -> {folder}")
+    for stem, count in result.clipped.items():
+        line += f"\n  [yellow]{stem}: {count} samples were beyond full scale (handled by --clip)[/]"
+    for note in result.notes:
+        line += f"\n  note: {note}"
+    return line
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
+@app.command()
+def separate(
+    files: List[Path] = typer.Argument(..., help="Audio files to separate.", show_default=False),
+    model: Optional[str] = ModelOpt,
+    out: Path = OutOpt,
+    filename: str = FilenameOpt,
+    fmt: str = FormatOpt,
+    bits: int = BitsOpt,
+    clip: str = ClipOpt,
+    overwrite: bool = OverwriteOpt,
+    downmix: bool = DownmixOpt,
+    resampler: str = ResamplerOpt,
+    sigma: float = SigmaOpt,
+    snr: float = SnrOpt,
+    seed: Optional[int] = SeedOpt,
+    chunk_seconds: Optional[float] = ChunkOpt,
+    overlap: Optional[float] = OverlapOpt,
+    batch_size: Optional[int] = BatchOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Split audio files into stems, written at each file's own sampling rate."""
+    from .pipeline import describe, load_separator, separate_file
+    from .registry import DEFAULT_MODEL, get_spec
+
+    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision)
+    spec = get_spec(model or DEFAULT_MODEL)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
+    separator = load_separator(spec, device=settings.device)
+    console, err = _stdout(), _stderr()
+    summaries = []
+    with _chunk_progress(err, enabled=not as_json) as progress:
+        for path in files:
+            task, update = _progress_callback(progress, path.name)
+            result = separate_file(path, separator, output=output, settings=settings, progress=update)
+            progress.remove_task(task)
+            summaries.append(describe(result))
+            if not as_json:
+                (console if result.status == "done" else err).print(_report_line(result))
+    if as_json:
+        typer.echo(json.dumps(summaries, indent=2))
+
+
+def _audio_files(folder: Path, recursive: bool) -> list[Path]:
+    from .audio import AUDIO_EXTENSIONS
+
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+@app.command()
+def batch(
+    folder: Path = typer.Argument(..., help="Folder of audio files.", show_default=False),
+    recursive: bool = typer.Option(False, "--recursive", "-R", help="Include sub-folders (their layout is kept)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip files whose stems exist, quietly."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Files processed in parallel (CPU)."),
+    model: Optional[str] = ModelOpt,
+    out: Path = OutOpt,
+    filename: str = FilenameOpt,
+    fmt: str = FormatOpt,
+    bits: int = BitsOpt,
+    clip: str = ClipOpt,
+    overwrite: bool = OverwriteOpt,
+    downmix: bool = DownmixOpt,
+    resampler: str = ResamplerOpt,
+    sigma: float = SigmaOpt,
+    snr: float = SnrOpt,
+    seed: Optional[int] = SeedOpt,
+    chunk_seconds: Optional[float] = ChunkOpt,
+    overlap: Optional[float] = OverlapOpt,
+    batch_size: Optional[int] = BatchOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+) -> None:
+    """Separate every audio file in a folder; a failing file is reported and the batch goes on."""
+    import torch
+
+    from .errors import AudioError
+    from .pipeline import load_separator, separate_file
+    from .registry import DEFAULT_MODEL, get_spec
+
+    if not folder.exists():
+        raise AudioError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise AudioError(f"{folder}: is a file, not a folder (use `sfsep separate` for files)")
+    if skip_existing and overwrite:
+        raise UsageError("--skip-existing and --overwrite contradict each other; pick one")
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be at least 1")
+    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision)
+    spec = get_spec(model or DEFAULT_MODEL)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
+    files = _audio_files(folder, recursive)
+    if not files:
+        raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
+    separator = load_separator(spec, device=settings.device)
+    console, err = _stdout(), _stderr()
+    if jobs > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    rows: list[tuple[str, str, str]] = []
+
+    def one(path: Path, update) -> tuple[str, str, str]:
+        relative = path.relative_to(folder)
+        track_template = filename.replace("{track}", str(relative.with_suffix("")))
+        file_output = type(output)(**{**output.__dict__, "filename": track_template})
+        try:
+            result = separate_file(path, separator, output=file_output, settings=settings, progress=update)
+        except SfsepError as exc:
+            return str(relative), "failed", str(exc)
+        if result.status == "skipped":
+            return str(relative), "skipped", "" if skip_existing else "; ".join(result.notes)
+        return str(relative), "done", f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s"
+
+    with _chunk_progress(err, enabled=True) as progress:
+        overall = progress.add_task(f"{len(files)} files", total=len(files))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {}
+            for path in files:
+                task, update = _progress_callback(progress, path.name)
+                futures[pool.submit(one, path, update)] = task
+            for future in as_completed(futures):
+                row = future.result()
+                progress.remove_task(futures[future])
+                progress.advance(overall)
+                rows.append(row)
+                if row[1] == "failed":
+                    err.print(f"[red]error:[/] {row[2]}")
+                elif row[1] == "skipped" and row[2]:
+                    err.print(f"[yellow]{row[0]}: skipped[/] ({row[2]})")
+    rows.sort()
+    table = Table(title=f"sfsep batch: {folder} ({spec.name})")
+    for column in ("file", "status", "details"):
+        table.add_column(column)
+    style = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for name, status, detail in rows:
+        table.add_row(name, f"[{style[status]}]{status}[/]", detail)
+    console.print(table)
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("done", "skipped", "failed")}
+    console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(
+    files: List[Path] = typer.Argument(..., help="Audio files to inspect.", show_default=False),
+    model: Optional[str] = ModelOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rate, channels, duration, effective bandwidth, and the resampler auto would pick."""
+    from . import audio as audio_io
+    from .registry import DEFAULT_MODEL, get_spec
+    from .resample import choose_strategy
+
+    spec = get_spec(model or DEFAULT_MODEL)
+    records = []
+    for path in files:
+        details = audio_io.inspect(path)
+        audio, rate = audio_io.read(path, downmix=True, max_channels=max(2, details.channels))
+        bandwidth = audio_io.effective_bandwidth(audio, rate)
+        model_rate = spec.model_rate(rate)
+        strategy, reason = choose_strategy(rate, model_rate)
+        records.append({
+            "file": str(path), "rate": rate, "channels": details.channels,
+            "duration_s": round(details.duration, 3), "format": details.format, "subtype": details.subtype,
+            "bandwidth_hz": round(bandwidth, 1), "nyquist_hz": rate / 2,
+            "model": spec.name, "model_rate": model_rate, "resampler": strategy, "reason": reason,
+        })
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    console = _stdout()
+    for record in records:
+        console.print(f"[bold]{record['file']}[/]")
+        console.print(f"  rate        {record['rate']} Hz, {record['channels']} channel(s), "
+                      f"{record['duration_s']:.2f} s, {record['format']} {record['subtype']}")
+        console.print(f"  bandwidth   {record['bandwidth_hz'] / 1000:.2f} kHz effective "
+                      f"(Nyquist {record['nyquist_hz'] / 1000:.2f} kHz)")
+        if record["bandwidth_hz"] < 0.8 * record["nyquist_hz"]:
+            console.print("              [yellow]little content near Nyquist: the file may have been upsampled "
+                          "from a lower rate[/]")
+        console.print(f"  with {record['model']}: model at {record['model_rate']} Hz, resampler "
+                      f"{record['resampler']} ({record['reason']})")
+
+
+@app.command()
+def models(as_json: bool = JsonOpt) -> None:
+    """List the models sfsep knows."""
+    from .models import is_available
+    from .registry import registry
+
+    rows = []
+    for spec in registry().values():
+        rows.append({
+            "name": spec.name, "family": spec.family, "stems": list(spec.stems),
+            "trained_rate": spec.trained_rate, "available": is_available(spec.family),
+            "description": spec.description, "aliases": list(spec.aliases),
+        })
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="sfsep models")
+    for column in ("name", "family", "stems", "rate", "status", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["name"], row["family"], ", ".join(row["stems"]),
+                      "any" if row["trained_rate"] is None else f"{row['trained_rate']} Hz",
+                      "[green]ready[/]" if row["available"] else "[yellow]not implemented yet[/]",
+                      row["description"])
+    _stdout().print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the app and maps errors to messages and exit codes."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        code = app(args=args, prog_name="sfsep", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _stderr().print("[red]aborted[/]")
+        code = 130
+    except KeyboardInterrupt:
+        _stderr().print("[red]interrupted[/]: no output was left half-written")
+        code = 130
+    except SfsepError as exc:
+        if debug:
+            _stderr().print_exception()
+        _stderr().print(f"[red]error:[/] {exc}")
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
