@@ -1,0 +1,122 @@
+"""The demucs family: builders, bags of models, the shift trick and mixture normalisation.
+
+Owns the entry points the model table points at (`build_htdemucs`, `build_conv_tasnet`; the
+networks live in `htdemucs.py` and `tasnet.py`) and the three things demucs does around its
+networks at inference time, written so that any chunking function can sit in the middle:
+
+- `average_bag`: a "bag" (e.g. `htdemucs_ft`, four fine-tuned HT-Demucs) is run model by model
+  and the estimates are averaged source by source with per-model, per-source weights.
+- `apply_shifts`: demucs' `--shifts`: run the model on copies of the mixture delayed by random
+  amounts (up to `max_shift` samples, zero-padded) and average the realigned outputs.
+- `normalize_by_mixture` / `denormalize`: demucs' separate.py standardises the whole track by
+  the mean and standard deviation of its mono mix before separation and undoes it afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import ModelError
+from .htdemucs import HTDemucs, build_htdemucs, htdemucs_kwargs
+from .tasnet import ConvTasNet, build_conv_tasnet, conv_tasnet_kwargs
+
+__all__ = [
+    "ConvTasNet",
+    "HTDemucs",
+    "apply_shifts",
+    "average_bag",
+    "build_conv_tasnet",
+    "build_htdemucs",
+    "conv_tasnet_kwargs",
+    "denormalize",
+    "htdemucs_kwargs",
+    "normalize_by_mixture",
+]
+
+
+def average_bag(outputs: Sequence[torch.Tensor],
+                weights: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
+    """Combine the estimates of a bag of models, source by source.
+
+    `outputs[i]` is model i's estimate shaped (..., sources, channels, samples). Source k of the
+    result is sum_i weights[i][k] * outputs[i][..., k, :, :] / sum_i weights[i][k]; with no
+    weights every model counts 1 (a plain mean). htdemucs_ft's weights are the identity: each
+    fine-tuned model supplies only its own source.
+    """
+    if len(outputs) == 0:
+        raise ModelError("average_bag: the bag has no model outputs")
+    first = outputs[0]
+    for output in outputs[1:]:
+        if output.shape != first.shape:
+            raise ModelError(
+                f"average_bag: models disagree on output shape ({tuple(first.shape)} vs "
+                f"{tuple(output.shape)})")
+    if first.dim() < 3:
+        raise ModelError(f"average_bag: outputs must be (..., sources, channels, samples), "
+                         f"got {tuple(first.shape)}")
+    num_sources = first.shape[-3]
+    if weights is None:
+        weights = [[1.0] * num_sources for _ in outputs]
+    if len(weights) != len(outputs) or any(len(row) != num_sources for row in weights):
+        raise ModelError(
+            f"average_bag: weights must be {len(outputs)} rows of {num_sources} values "
+            f"(one per model and source), got {[len(row) for row in weights]}")
+    table = torch.tensor([[float(value) for value in row] for row in weights],
+                         dtype=first.dtype, device=first.device)
+    totals = table.sum(dim=0)
+    if bool((totals == 0).any()):
+        missing = [k for k in range(num_sources) if float(totals[k]) == 0.0]
+        raise ModelError(f"average_bag: sources {missing} have a total weight of 0 in the bag")
+    combined = torch.zeros_like(first)
+    for output, row in zip(outputs, table):
+        combined += output * row[:, None, None]
+    return combined / totals[:, None, None]
+
+
+def apply_shifts(run: Callable[[torch.Tensor], torch.Tensor], mix: torch.Tensor, shifts: int,
+                 max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """demucs' shift trick: average `run` over `shifts` random delays of `mix`.
+
+    `mix` is (..., samples); `run` maps such a waveform to stems (..., samples) of the same
+    length. The mixture is zero-padded by `max_shift` on both sides; for each shift an offset
+    in [0, max_shift] (inclusive) is drawn from `generator` and `run` sees
+    padded[offset : samples + max_shift], i.e. the mixture delayed by max_shift - offset
+    samples; that delay is cut from the output. demucs uses max_shift = samplerate // 2 and
+    Python's `random`; here draws come from the torch Generator so a seed reproduces a run.
+    With shifts <= 0 the mixture is run once as is.
+    """
+    if shifts <= 0:
+        return run(mix)
+    if max_shift < 0:
+        raise ModelError(f"apply_shifts: max_shift must be >= 0, got {max_shift}")
+    length = mix.shape[-1]
+    padded = torch.nn.functional.pad(mix, (max_shift, max_shift))
+    total: torch.Tensor | None = None
+    for _ in range(shifts):
+        offset = int(torch.randint(0, max_shift + 1, (1,), generator=generator).item())
+        delay = max_shift - offset
+        estimate = run(padded[..., offset:length + max_shift])[..., delay:]
+        total = estimate if total is None else total + estimate
+    assert total is not None
+    return total / shifts
+
+
+def normalize_by_mixture(mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardise a track (channels, samples) by its mono mix, as demucs' separate.py does.
+
+    Returns (normalised mix, mean, std) where mean and std are the mean and (unbiased) standard
+    deviation of mix.mean(channels). A silent track (std 0) is left unscaled (std taken as 1)
+    instead of turning into NaNs.
+    """
+    mono = mix.mean(dim=-2)
+    mean = mono.mean(dim=-1)
+    std = mono.std(dim=-1)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (mix - mean[..., None, None]) / std[..., None, None], mean, std
+
+
+def denormalize(stems: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Undo `normalize_by_mixture` on stems (..., sources, channels, samples)."""
+    return stems * std[..., None, None, None] + mean[..., None, None, None]
