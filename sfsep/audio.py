@@ -151,7 +151,8 @@ def effective_bandwidth(audio: torch.Tensor, rate: int, *, threshold_db: float =
     The long-term spectrum is the mean power spectrum of Hann-windowed frames of about 93 ms of
     the channel average (at most ~400 frames spread over the file), smoothed over ~1% of the band
     so that a single stray bin does not count. A 44.1 kHz file upsampled from 8 kHz reports about
-    4 kHz; a silent file reports 0.
+    4 kHz (4.0 to 4.5 kHz: the upsampler's own transition band lies above the old Nyquist and is
+    counted while it is within the threshold); a silent file reports 0.
     """
     mono = audio.double().mean(0) if audio.dim() == 2 else audio.double()
     n_fft = 1 << max(6, round(math.log2(rate * 0.093)))

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-import click
 import typer
 import typer.core
 from rich.console import Console
@@ -31,7 +30,7 @@ DEFAULT_COMMAND = "separate"
 class DefaultCommandGroup(typer.core.TyperGroup):
     """A group where a first argument that is not a sub-command means `separate`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = [DEFAULT_COMMAND, *args]
         elif args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version", "--debug"):
@@ -388,22 +387,26 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         code = app(args=args, prog_name="sfsep", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        _stderr().print("[red]aborted[/]")
-        code = 130
-    except KeyboardInterrupt:
-        _stderr().print("[red]interrupted[/]: no output was left half-written")
-        code = 130
     except SfsepError as exc:
         if debug:
             _stderr().print_exception()
         _stderr().print(f"[red]error:[/] {exc}")
         code = exc.exit_code
+    except KeyboardInterrupt:
+        _stderr().print("[red]interrupted[/]: no output was left half-written")
+        code = 130
+    except Exception as exc:  # click's own exceptions (typer may vendor click: match by class name)
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "Exit" in kinds:
+            code = getattr(exc, "exit_code", 0)
+        elif "Abort" in kinds:
+            _stderr().print("[red]aborted[/]")
+            code = 130
+        elif "ClickException" in kinds:
+            exc.show()
+            code = exc.exit_code
+        else:
+            raise
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -1,0 +1,77 @@
+"""Shared test helpers: running the CLI in-process, writing audio files, the shared folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+torch.set_num_threads(2)
+
+
+def shared_dir() -> Path:
+    """../shared beside the checkout (CI clones main with shared/ beside it), or $SFSEP_SHARED."""
+    override = os.environ.get("SFSEP_SHARED")
+    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def shared() -> Path:
+    folder = shared_dir()
+    assert folder.is_dir(), f"the shared folder is missing: {folder} (set SFSEP_SHARED)"
+    return folder
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run `sfsep ARGS...` in this process; returns exit code, stdout and stderr."""
+    from sfsep.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def tone_mix(rate: int, seconds: float = 1.0, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """A small (samples, channels) test signal: two tones and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    base = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * min(1000, rate / 5) * t)
+    data = np.stack([base + 0.01 * rng.standard_normal(t.size) for _ in range(channels)], axis=1)
+    return data.astype(np.float32)
+
+
+@pytest.fixture
+def wav_file(tmp_path):
+    """Write a test WAV: wav_file(name, rate=8000, seconds=1.0, channels=2, subtype="PCM_16")."""
+
+    def make(name: str = "song.wav", rate: int = 8000, seconds: float = 1.0, channels: int = 2,
+             subtype: str = "PCM_16", data: np.ndarray | None = None) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, tone_mix(rate, seconds, channels) if data is None else data, rate, subtype=subtype)
+        return path
+
+    return make
