@@ -135,15 +135,24 @@ class RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, dim, 2)[: dim // 2].float() / dim
         self.freqs = nn.Parameter(1.0 / (theta**exponents), requires_grad=False)
 
-    def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x (..., length, dim) by the position along its second-to-last axis."""
-        length = x.shape[-2]
+    def rotate(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
+        """Rotate x (..., dim) by the position of each vector along axis `seq_dim`.
+
+        Each pair is treated as a complex number a + ib and multiplied by exp(i p freqs[i]),
+        which is the rotation (a cos - b sin, b cos + a sin) in one pass over x.
+        """
+        seq_dim = seq_dim % x.ndim
+        length = x.shape[seq_dim]
         positions = torch.arange(length, device=x.device, dtype=self.freqs.dtype)
-        angles = torch.outer(positions, self.freqs).repeat_interleave(2, dim=-1)
-        # Pair (a, b) rotated: (a cos - b sin, b cos + a sin); `turned` holds (-b, a).
-        pairs = x.unflatten(-1, (-1, 2))
-        turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return (x * angles.cos() + turned * angles.sin()).to(x.dtype)
+        angles = torch.outer(positions, self.freqs)  # (length, dim / 2)
+        turns = torch.complex(angles.cos(), angles.sin())
+        turns = turns.view([length if axis == seq_dim else 1 for axis in range(x.ndim - 1)] + [-1])
+        # Half precision has no usable complex type: rotate in float32, as the reference does.
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        if work.storage_offset() % 2 or work.stride(-1) != 1 or any(step % 2 for step in work.stride()[:-1]):
+            work = work.contiguous()
+        pairs = torch.view_as_complex(work.unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -166,14 +175,15 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         x = self.norm(x)
-        # (batch, length, 3 * heads * dim_head) -> (3, batch, heads, length, dim_head), a view.
+        # (batch, length, 3 * heads * dim_head) -> (batch, length, 3, heads, dim_head), a view;
+        # queries and keys are rotated together, and attention reads (batch, heads, length,
+        # dim_head) strided views, so nothing is transposed in memory.
         qkv = self.to_qkv(x).view(batch, length, 3, self.heads, self.dim_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)
-        query_key = self.rotary_embed.rotate(qkv[:2])
+        query_key = self.rotary_embed.rotate(qkv[:, :, :2], seq_dim=1)
         out = F.scaled_dot_product_attention(
-            query_key[0],
-            query_key[1],
-            qkv[2],
+            query_key[:, :, 0].transpose(1, 2),
+            query_key[:, :, 1].transpose(1, 2),
+            qkv[:, :, 2].transpose(1, 2),
             dropout_p=self.dropout if self.training else 0.0,
         )
         gates = self.to_gates(x).sigmoid()  # (batch, length, heads)
@@ -227,9 +237,11 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Residual sums go into the sublayer's fresh output (no new allocation); autograd allows
+        # it because a Linear's backward does not need its own output.
         for attention, feed_forward in self.layers:
-            x = attention(x) + x
-            x = feed_forward(x) + x
+            x = attention(x).add_(x)
+            x = feed_forward(x).add_(x)
         return self.norm(x)
 
 
