@@ -350,13 +350,21 @@ def test_apply_shifts_averages_the_realigned_outputs():
 
 def test_normalize_by_mixture_round_trip():
     mix = 0.3 * torch.randn(2, 1000, generator=torch.Generator().manual_seed(0)) + 0.05
-    normalized, mean, std = normalize_by_mixture(mix)
-    mono = normalized.mean(0)
-    assert abs(mono.mean().item()) < 1e-6
-    assert abs(mono.std().item() - 1) < 1e-5
-    assert abs(mean.item() - mix.mean(0).mean().item()) < 1e-7
-    stems = torch.stack([normalized, 2 * normalized])
-    restored = denormalize(stems, mean, std)
-    assert max_error(restored[0], mix) < 1e-5
-    silent, _, silent_std = normalize_by_mixture(torch.zeros(2, 100))
-    assert torch.isfinite(silent).all() and silent_std.item() == 1.0
+    for eps in (0.0, 1e-8):
+        normalized, mean, scale = normalize_by_mixture(mix, eps=eps)
+        mono = normalized.mean(0)
+        assert abs(mono.mean().item()) < 1e-6
+        assert abs(mono.std().item() - 1) < 1e-5
+        assert abs(mean.item() - mix.mean(0).mean().item()) < 1e-7
+        assert abs(scale.item() - (mix.mean(0).std().item() + eps)) < 1e-7
+        stems = torch.stack([normalized, 2 * normalized])
+        restored = denormalize(stems, mean, scale)
+        assert max_error(restored[0], mix) < 1e-5
+        assert max_error(restored[1], 2 * mix - mean) < 1e-5
+    # Batched tracks (B, C, T) carry one mean and scale per track.
+    batch = torch.stack([mix, 3 * mix])
+    normalized, mean, scale = normalize_by_mixture(batch)
+    assert mean.shape == (2,) and abs(scale[1].item() / scale[0].item() - 3) < 1e-5
+    assert max_error(denormalize(normalized[:, None], mean, scale)[:, 0], batch) < 1e-5
+    silent, _, silent_scale = normalize_by_mixture(torch.zeros(2, 100), eps=0.0)
+    assert torch.isfinite(silent).all() and silent_scale.item() == 1.0

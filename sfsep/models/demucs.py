@@ -8,8 +8,8 @@ networks at inference time, written so that any chunking function can sit in the
   and the estimates are averaged source by source with per-model, per-source weights.
 - `apply_shifts`: demucs' `--shifts`: run the model on copies of the mixture delayed by random
   amounts (up to `max_shift` samples, zero-padded) and average the realigned outputs.
-- `normalize_by_mixture` / `denormalize`: demucs' separate.py standardises the whole track by
-  the mean and standard deviation of its mono mix before separation and undoes it afterwards.
+- `normalize_by_mixture` / `denormalize`: demucs standardises the whole track by the mean and
+  standard deviation of its mono mix before separation and undoes it on the stems afterwards.
 """
 
 from __future__ import annotations
@@ -103,20 +103,22 @@ def apply_shifts(run: Callable[[torch.Tensor], torch.Tensor], mix: torch.Tensor,
     return total / shifts
 
 
-def normalize_by_mixture(mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Standardise a track (channels, samples) by its mono mix, as demucs' separate.py does.
+def normalize_by_mixture(mix: torch.Tensor, eps: float = 1e-8
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardise a track (channels, samples) by its mono mix, as demucs does before separating.
 
-    Returns (normalised mix, mean, std) where mean and std are the mean and (unbiased) standard
-    deviation of mix.mean(channels). A silent track (std 0) is left unscaled (std taken as 1)
-    instead of turning into NaNs.
+    Returns (normalised mix, mean, scale): mean is the mean of mix.mean(channels) and scale its
+    unbiased standard deviation plus `eps`. demucs v4 (api.py, used by its CLI) adds 1e-8, the
+    default here; demucs v2's separate.py (tasnet, tasnet_extra) adds nothing: pass eps=0. A
+    silent track with eps=0 is left unscaled (scale 1) instead of turning into NaNs.
     """
     mono = mix.mean(dim=-2)
     mean = mono.mean(dim=-1)
-    std = mono.std(dim=-1)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return (mix - mean[..., None, None]) / std[..., None, None], mean, std
+    scale = mono.std(dim=-1) + eps
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (mix - mean[..., None, None]) / scale[..., None, None], mean, scale
 
 
-def denormalize(stems: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def denormalize(stems: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Undo `normalize_by_mixture` on stems (..., sources, channels, samples)."""
-    return stems * std[..., None, None, None] + mean[..., None, None, None]
+    return stems * scale[..., None, None, None] + mean[..., None, None, None]
