@@ -643,10 +643,11 @@ class HTDemucs(nn.Module):
     def spectrogram(self, mix: torch.Tensor) -> torch.Tensor:
         """Complex STFT (B, C, nfft/2, frames) with frames = ceil(T / hop).
 
-        The signal is reflect-padded by 3/2 hop on each side (plus up to a hop on the right) so
-        that frame k is centred on sample k*hop + hop/2 ... i.e. the frame count is exactly the
-        length divided by the hop; the two outermost frames on each side and the top bin are
-        dropped. The STFT is orthonormally scaled (divided by sqrt(nfft)).
+        The signal is reflect-padded by 3/2 hop on the left and 3/2 hop plus the rounding up to
+        a whole hop on the right; after torch's own centring (nfft/2 = 2 hops) and dropping two
+        frames on each side, frame k is centred on sample k*hop + hop/2, the middle of the k-th
+        block of `hop` samples. The top bin (Nyquist) is dropped. The STFT is normalised
+        (divided by sqrt(nfft)).
         """
         hop = self.hop_length
         length = mix.shape[-1]
