@@ -149,7 +149,9 @@ class RotaryEmbedding(nn.Module):
         turns = turns.view([length if axis == seq_dim else 1 for axis in range(x.ndim - 1)] + [-1])
         # Half precision has no usable complex type: rotate in float32, as the reference does.
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        if work.storage_offset() % 2 or work.stride(-1) != 1 or any(step % 2 for step in work.stride()[:-1]):
+        # A complex view needs unit stride inside each pair and even strides elsewhere.
+        strides_ok = work.stride(-1) == 1 and all(step % 2 == 0 for step in work.stride()[:-1])
+        if not strides_ok or work.storage_offset() % 2:
             work = work.contiguous()
         pairs = torch.view_as_complex(work.unflatten(-1, (-1, 2)))
         return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
@@ -394,16 +396,16 @@ class _BandRoformer(nn.Module):
                 f"{'stereo' if self.audio_channels == 2 else 'mono'} first"
             )
         batch, channels, length = mix.shape
-        window = self._window(mix)
         with torch.autocast(mix.device.type, enabled=False):
             audio = mix.reshape(batch * channels, length)
             audio = audio.to(torch.promote_types(audio.dtype, torch.float32))
+            window = torch.hann_window(self.win_length, device=audio.device, dtype=audio.dtype)
             spec = torch.stft(
                 audio,
                 self.n_fft,
                 self.hop_length,
                 self.win_length,
-                window.to(audio.dtype),
+                window,
                 normalized=self.stft_normalized,
                 return_complex=True,
             )
@@ -429,14 +431,11 @@ class _BandRoformer(nn.Module):
                 self.n_fft,
                 self.hop_length,
                 self.win_length,
-                window.to(audio.dtype),
+                window,
                 normalized=self.stft_normalized,
                 length=length,
             )
         return stems.view(batch, self.num_stems, channels, length)
-
-    def _window(self, mix: torch.Tensor) -> torch.Tensor:
-        return torch.hann_window(self.win_length, device=mix.device)
 
     def _axial_transformers(self, x: torch.Tensor) -> torch.Tensor:
         """(B, frames, bands, dim): attention along frames per band, then along bands per frame."""
@@ -444,7 +443,8 @@ class _BandRoformer(nn.Module):
         for time_transformer, freq_transformer in self.layers:
             x = x.transpose(1, 2).reshape(batch * bands, frames, dim)
             x = time_transformer(x)
-            x = x.view(batch, bands, frames, dim).transpose(1, 2).reshape(batch * frames, bands, dim)
+            x = x.view(batch, bands, frames, dim).transpose(1, 2)
+            x = x.reshape(batch * frames, bands, dim)
             x = freq_transformer(x)
             x = x.view(batch, frames, bands, dim)
         return x if self.final_norm is None else self.final_norm(x)
@@ -505,7 +505,8 @@ class MelBandRoformer(_BandRoformer):
         folded_bins = (band_bins[:, None] * channels + np.arange(channels)).reshape(-1)
         # For the way back, each folded bin lists the positions (in band order) holding it,
         # padded with its first position at weight 0; weights 1 / (number of bands holding it).
-        covering = [np.flatnonzero(folded_bins == index) for index in range(membership.shape[1] * channels)]
+        num_folded_bins = membership.shape[1] * channels
+        covering = [np.flatnonzero(folded_bins == index) for index in range(num_folded_bins)]
         max_cover = max(len(positions) for positions in covering)
         sources = np.zeros((max_cover, len(covering)), dtype=np.int64)
         weights = np.zeros((max_cover, len(covering)), dtype=np.float32)
@@ -534,7 +535,9 @@ class MelBandRoformer(_BandRoformer):
 # ---------------------------------------------------------------------------------------------
 
 
-def _model_settings(config: dict[str, Any], family: str, defaults: dict[str, Any]) -> dict[str, Any]:
+def _model_settings(
+    config: dict[str, Any], family: str, defaults: dict[str, Any]
+) -> dict[str, Any]:
     """The `model` section of an MSST config, completed with the reference defaults."""
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ModelError(
@@ -545,7 +548,9 @@ def _model_settings(config: dict[str, Any], family: str, defaults: dict[str, Any
     known = set(defaults) | {"dim", "depth"}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ModelError(f"{family}: unknown model option(s) {unknown} in the config's 'model' section")
+        raise ModelError(
+            f"{family}: unknown model option(s) {unknown} in the config's 'model' section"
+        )
     missing = sorted({"dim", "depth"} - set(given))
     if missing:
         raise ModelError(f"{family}: the config's 'model' section lacks {missing}")
