@@ -22,6 +22,15 @@ def shared_dir() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is faster on one thread, and the CPU is shared with other test workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fixture():
     path = shared_dir() / "parity" / "bsrnn_tiny.pt"
@@ -91,6 +100,28 @@ def test_waveform_forward_parity(fixture):
     assert (spec - fixture["input"]).abs().max().item() < TOLERANCE
     assert stems.shape == (1, 1, 2, 1920)
     assert (stems[:, 0] - fixture["wave_output"]).abs().max().item() < TOLERANCE
+
+
+def test_mask_output_and_mono_variants(fixture):
+    stereo = _tiny_model(fixture)
+    masking = bsrnn.build({**fixture["config"], "return_mask": True}).eval()
+    masking.load_state_dict(fixture["state_dict"], strict=True)
+    spec = fixture["input"]
+    mean = spec.mean(dim=(1, 2, 3), keepdim=True)
+    std = spec.std(dim=(1, 2, 3), keepdim=True)
+    with torch.inference_mode():
+        mask = (masking.forward_spectrogram(spec) - mean) / std
+        estimate = (stereo.forward_spectrogram(spec) - mean) / std
+    assert (estimate - mask * (spec - mean) / (std + 1e-5)).abs().max().item() < 1e-4
+
+    mono_config = {key: value for key, value in fixture["config"].items() if key != "_band_indices"}
+    mono = bsrnn.build({**mono_config, "is_mono": True}).eval()
+    assert mono.state_dict()["bandsplit.layernorms.0.weight"].shape == (4, 16)  # 2 bins * re/im
+    with torch.inference_mode():
+        stems = mono(torch.randn(3, 1, 1920))
+        downmixed = bsrnn.separate_waveform(mono, torch.randn(2, 2000), chunk_size=1408, chunk_step=700)
+    assert stems.shape == (3, 1, 1, 1920) and torch.isfinite(stems).all()
+    assert downmixed.shape == (1, 1, 2000)
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -320,14 +320,15 @@ class MaskEstimation(nn.Module):
             MaskHead(fc_dim, mlp_dim, (end - start) * features_per_bin) for start, end in bands
         )
 
-    def forward(self, band_features: torch.Tensor, channels: int) -> torch.Tensor:
-        """(batch, bands, frames, fc_dim) -> complex mask (batch, channels, bins, frames)."""
+    def forward(self, band_features: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
+        """(batch, bands, frames, fc_dim) -> complex mask (batch, channels, bins, frames) whose
+        real and imaginary parts have `dtype` (the spectrogram's, also under autocast)."""
         batch, _, frames, _ = band_features.shape
         masks = []
         for index, ((start, end), norm, head) in enumerate(zip(self.bands, self.layernorms, self.mlp)):
             out = head(norm(band_features[:, index]))  # (batch, frames, channels * 2 * width)
             # Features are ordered (channel, real/imaginary, bin), as the band split reads them.
-            parts = out.transpose(1, 2).reshape(batch, channels, 2, end - start, frames)
+            parts = out.transpose(1, 2).reshape(batch, channels, 2, end - start, frames).to(dtype)
             masks.append(torch.complex(parts[:, :, 0], parts[:, :, 1]))
         return torch.cat(masks, dim=2)
 
@@ -398,7 +399,7 @@ class BSRNN(nn.Module):
         parts = torch.stack((normalised.real, normalised.imag), dim=2)  # (B, C, 2, bins, frames)
         band_features = self.bandsplit(parts)
         band_features = self.bandsequence(band_features)
-        mask = self.maskest(band_features, channels)
+        mask = self.maskest(band_features, channels, normalised.real.dtype)
 
         estimate = mask if self.return_mask else mask * normalised
         return estimate * std + mean
