@@ -98,6 +98,27 @@ BatchOpt = typer.Option(None, "--batch-size", help="Chunks per batch (default: t
 DeviceOpt = typer.Option(os.environ.get("SFSEP_DEVICE", "auto"), "--device", "-d", help="auto | cpu | cuda | cuda:N | mps.")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast; fp16 on CUDA only).")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON summary instead of text.")
+OfflineOpt = typer.Option(False, "--offline", help="Never use the network: weights must be cached (also SFSEP_OFFLINE=1).")
+WeightsOpt = typer.Option(None, "--weights", help="Run a local checkpoint file instead of the model's published weights.")
+ConfigOpt = typer.Option(None, "--config",
+                         help="An MSST-style YAML config for the checkpoint (replaces the model's architecture, stems "
+                              "and chunking; the family is taken from --model or guessed from the config).")
+
+
+def _model_and_config(model: Optional[str], config: Optional[Path], weights: Optional[Path]):
+    """The spec to run and the --config still to apply (None when the spec already carries it)."""
+    from .checkpoint import load_yaml_config
+    from .registry import DEFAULT_MODEL, get_spec, spec_from_config
+
+    if model is None and config is not None:
+        spec = spec_from_config(load_yaml_config(config), name=config.stem, source=f"--config {config}")
+        if weights is None:
+            raise UsageError(f"--config {config}: also pass --weights PATH (or --model NAME of a published model)")
+        return spec, None
+    if model is None and weights is not None:
+        raise UsageError(f"--weights {weights}: also pass --model NAME (a model of the checkpoint's family) "
+                         f"or --config PATH (its MSST config)")
+    return get_spec(model or DEFAULT_MODEL), config
 
 
 def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision):
@@ -185,15 +206,18 @@ def separate(
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     as_json: bool = JsonOpt,
+    offline: bool = OfflineOpt,
+    weights: Optional[Path] = WeightsOpt,
+    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
     from .pipeline import describe, load_separator, separate_file
     from .registry import DEFAULT_MODEL, get_spec
 
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision)
-    spec = get_spec(model or DEFAULT_MODEL)
+    spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
-    separator = load_separator(spec, device=settings.device)
+    separator = load_separator(spec, device=settings.device, weights=weights, offline=offline, config=config)
     console, err = _stdout(), _stderr()
     summaries = []
     with _chunk_progress(err, enabled=not as_json) as progress:
@@ -238,6 +262,9 @@ def batch(
     batch_size: Optional[int] = BatchOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    offline: bool = OfflineOpt,
+    weights: Optional[Path] = WeightsOpt,
+    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Separate every audio file in a folder; a failing file is reported and the batch goes on."""
     import torch
@@ -255,12 +282,12 @@ def batch(
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1")
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision)
-    spec = get_spec(model or DEFAULT_MODEL)
+    spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
     files = _audio_files(folder, recursive)
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
-    separator = load_separator(spec, device=settings.device)
+    separator = load_separator(spec, device=settings.device, weights=weights, offline=offline, config=config)
     console, err = _stdout(), _stderr()
     if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -350,31 +377,143 @@ def info(
                       f"{record['resampler']} ({record['reason']})")
 
 
+def _model_row(spec) -> dict:
+    """What `sfsep models` shows about one model (no network, no hashing)."""
+    from . import hub
+    from .models import is_available
+
+    residual = spec.extra.get("residual_stem")
+    cached, count = hub.cache_status(spec)
+    known_sizes = [source.size for source in spec.weights]
+    size = sum(known_sizes) if spec.weights and all(v is not None for v in known_sizes) else None
+    estimate = None
+    if size is None and spec.extra.get("params"):
+        bytes_per_param = 2 if spec.extra.get("half_precision") else 4
+        estimate = int(spec.extra["params"]) * bytes_per_param * max(1, len(spec.weights))
+    return {
+        "name": spec.name, "family": spec.family, "stems": list(spec.stems) + ([residual] if residual else []),
+        "residual_stem": residual, "trained_rate": spec.trained_rate, "available": is_available(spec.family),
+        "cached": None if not spec.weights else cached == count, "cached_files": cached, "files": count,
+        "size_bytes": size, "size_estimate_bytes": estimate,
+        "sources": [{"source": hub.source_label(w), "host": hub.source_host(w), "file": w.cache_name,
+                     "sha256": w.sha256, "size": w.size, "cache_path": hub.where_expected(w)} for w in spec.weights],
+        "chunk_size": spec.chunk_size, "overlap": spec.overlap, "chunk_style": spec.chunk_style,
+        "batch_size": spec.batch_size, "normalize": spec.normalize,
+        "description": spec.description, "aliases": list(spec.aliases), "license": spec.license,
+        "citation": spec.citation,
+    }
+
+
 @app.command()
 def models(as_json: bool = JsonOpt) -> None:
-    """List the models sfsep knows."""
-    from .models import is_available
+    """List the models sfsep knows: stems, trained rate, weights size, cached or not, source."""
+    from .hub import human_size
     from .registry import registry
 
-    rows = []
-    for spec in registry().values():
-        rows.append({
-            "name": spec.name, "family": spec.family, "stems": list(spec.stems),
-            "trained_rate": spec.trained_rate, "available": is_available(spec.family),
-            "description": spec.description, "aliases": list(spec.aliases),
-        })
+    rows = [_model_row(spec) for spec in registry().values()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="sfsep models")
-    for column in ("name", "family", "stems", "rate", "status", "description"):
-        table.add_column(column, overflow="fold")
+    from rich import box
+
+    table = Table(title="sfsep models", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for column in ("name", "family", "stems", "rate", "size", "cached", "source", "status"):
+        table.add_column(column, overflow="fold", min_width={"family": 8, "stems": 14, "source": 8}.get(column))
     for row in rows:
-        table.add_row(row["name"], row["family"], ", ".join(row["stems"]),
-                      "any" if row["trained_rate"] is None else f"{row['trained_rate']} Hz",
-                      "[green]ready[/]" if row["available"] else "[yellow]not implemented yet[/]",
-                      row["description"])
-    _stdout().print(table)
+        stems = ", ".join(row["stems"][:-1] + [f"({row['stems'][-1]})"] if row["residual_stem"] else row["stems"])
+        if not row["files"]:
+            size, cached, source = "-", "-", "built-in"
+        else:
+            size = (human_size(row["size_bytes"]) if row["size_bytes"] is not None
+                    else f"~{human_size(row['size_estimate_bytes'])}" if row["size_estimate_bytes"] else "?")
+            cached = ("[green]yes[/]" if row["cached"] else
+                      f"{row['cached_files']}/{row['files']}" if row["cached_files"] else "no")
+            source = ", ".join(sorted({item["host"].removeprefix("dl.").removesuffix(".com")
+                                       for item in row["sources"]}))
+        status = "[green]ready[/]" if row["available"] else "[yellow]not implemented yet[/]"
+        table.add_row(row["name"], row["family"], stems,
+                      "any" if row["trained_rate"] is None else str(row["trained_rate"]),
+                      size, cached, source, status)
+    console = _stdout()
+    console.print(table)
+    console.print("(stem) = the mixture minus the other stems. `sfsep models --json` has descriptions, "
+                  "licenses and citations; `sfsep fetch NAME` downloads a model's weights.")
+
+
+@app.command()
+def fetch(
+    names: Optional[List[str]] = typer.Argument(None, help="Models to download (names or aliases).",
+                                                show_default=False),
+    all_models: bool = typer.Option(False, "--all", help="Every model with published weights."),
+    verify: bool = typer.Option(False, "--verify",
+                                help="Re-hash cached files; alone: check the whole cache, with names: re-download "
+                                     "files that fail."),
+) -> None:
+    """Download and verify model weights into the cache (for offline use later)."""
+    from . import hub
+    from .errors import WeightsError
+    from .registry import get_spec, registry
+
+    if names and all_models:
+        raise UsageError("give model names or --all, not both")
+    if not names and not all_models and not verify:
+        raise UsageError("name the models to fetch (`sfsep models` lists them), or pass --all or --verify")
+    console, err = _stdout(), _stderr()
+    failures = 0
+    if verify and not names and not all_models:
+        checked = 0
+        for spec in registry().values():
+            for source in spec.weights:
+                path = hub.cached_path(source)
+                if path is None:
+                    continue
+                checked += 1
+                result = hub.check_file(path, source, rehash=True)
+                if result.ok:
+                    console.print(f"{spec.name}: {path} [green]ok[/] (sha256 {result.sha256[:16]}...)")
+                else:
+                    failures += 1
+                    err.print(f"[red]{spec.name}: {path} fails its check[/] ({result.problem}); "
+                              f"`sfsep fetch --verify {spec.name}` downloads it again")
+        console.print(f"{checked} cached file(s) checked, {failures} failed ({hub.cache_dir()})")
+        if failures:
+            raise typer.Exit(1)
+        return
+    specs = list(registry().values()) if all_models else [get_spec(name) for name in names]
+    for spec in specs:
+        if not spec.weights:
+            if not all_models:
+                console.print(f"{spec.name}: built-in, no weights to fetch")
+            continue
+        for source in spec.weights:
+            try:
+                path = hub.ensure(source, progress=None, force_check=verify, model=spec.name,
+                                  log=lambda message: err.print(f"[yellow]{message}[/]"))
+            except WeightsError as exc:
+                failures += 1
+                err.print(f"[red]error:[/] {exc}")
+                continue
+            console.print(f"{spec.name}: {source.cache_name} [green]ok[/] "
+                          f"({hub.human_size(path.stat().st_size)}) {path}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cache(action: str = typer.Argument(..., help="path: print the cache folder; clean: delete its contents.",
+                                       show_default=False)) -> None:
+    """Show or empty sfsep's weights cache ($SFSEP_CACHE, else $XDG_CACHE_HOME/sfsep, else ~/.cache/sfsep)."""
+    from . import hub
+
+    if action == "path":
+        typer.echo(str(hub.cache_dir()))
+        return
+    if action == "clean":
+        files, size = hub.clean_cache()
+        _stdout().print(f"removed {files} file(s), {hub.human_size(size)}, from {hub.cache_dir()} "
+                        f"(Hugging Face downloads stay in the Hugging Face cache; `hf cache` manages it)")
+        return
+    raise UsageError(f"sfsep cache {action}: use `sfsep cache path` or `sfsep cache clean`")
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,18 +108,89 @@ class Separator:
         return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
 
 
+class _WeightedBag(torch.nn.Module):
+    """A bag of checkpoints as one module: stem k is the weighted mean over the models of their
+    stem k (demucs' bag weights, e.g. htdemucs_ft's identity: each model gives one stem). The
+    mean is linear, so running it inside each chunk equals demucs' model-by-model run."""
+
+    def __init__(self, members: list[torch.nn.Module], weights: list[list[float]]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member, weight in zip(self.members, self.weights):
+            out = member(mix) * weight.to(mix.dtype)[:, None, None]
+            total = out if total is None else total + out
+        return total / self.weights.sum(0).to(mix.dtype)[:, None, None]
+
+
 def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str | os.PathLike | None = None,
-                   offline: bool = False) -> Separator:
-    """A Separator for a registry name (or alias) or a ModelSpec."""
+                   offline: bool = False, config: str | os.PathLike | dict | None = None,
+                   progress: bool | None = None) -> Separator:
+    """A Separator for a registry name (or alias) or a ModelSpec, with its weights loaded.
+
+    Weights come from `weights` (a local checkpoint file) or from the model's sources in
+    models.toml through `sfsep.hub` (cache, download, checksum; never the network when
+    `offline` or SFSEP_OFFLINE=1). `config` (an MSST-style YAML path, or its dict) replaces the
+    spec's architecture config, stems, rate and chunking. Checkpoints are read with
+    `sfsep.checkpoint` (no code in them runs) and loaded strictly.
+    """
+    from . import checkpoint, hub
+    from .models import builder
+    from .registry import spec_from_config
+
     spec = get_spec(model) if isinstance(model, str) else model
+    if config is not None:
+        if spec.any_rate:
+            raise UsageError(f"--config: model '{spec.name}' is a built-in separator and takes no config")
+        data = config if isinstance(config, dict) else checkpoint.load_yaml_config(config)
+        spec = spec_from_config(data, name=spec.name, base=spec, source=f"--config {config}"
+                                if not isinstance(config, dict) else "config")
     if spec.any_rate:
         if weights is not None:
             raise UsageError(f"--weights: model '{spec.name}' has no weights (it is a built-in separator)")
         return Separator(spec, device=device)
-    raise ModelError(
-        f"model '{spec.name}' ({spec.family}) needs downloaded weights, which this version of sfsep "
-        f"cannot load yet; use --model classic"
-    )
+    try:
+        builder(spec.family)
+    except ModelError as exc:
+        raise ModelError(
+            f"model '{spec.name}': its architecture '{spec.family}' is not available in this version of "
+            f"sfsep ({exc}); use another model (`sfsep models` shows which are ready) or --model classic"
+        ) from exc
+    if weights is not None:
+        paths = [Path(weights)]
+        if not paths[0].is_file():
+            raise UsageError(f"--weights {weights}: no such file")
+    else:
+        paths = hub.fetch_model(spec, offline=offline, progress=progress)
+
+    demucs_kwargs = spec.family in ("htdemucs", "conv_tasnet") and "sources" in spec.config
+    modules = []
+    stems = spec.stems
+    for path in paths:
+        loaded = checkpoint.load_checkpoint(path)
+        model_config = spec.config_copy()
+        if demucs_kwargs and loaded.kwargs.get("sources"):
+            # A demucs package records the kwargs it was trained with: they are authoritative.
+            model_config = dict(loaded.kwargs)
+            stems = tuple(str(name) for name in loaded.kwargs["sources"])
+        module = build_model(spec.family, model_config)
+        checkpoint.load_state(module, loaded.state, source=path)
+        modules.append(module)
+    if stems != spec.stems:
+        if len(paths) > 1 and set(stems) != set(spec.stems):
+            raise ModelError(f"model '{spec.name}': the checkpoints' sources {list(stems)} differ from "
+                             f"models.toml's stems {list(spec.stems)}")
+        spec = replace(spec, stems=stems)
+    bag_weights = spec.extra.get("bag_weights")
+    if len(modules) > 1 and bag_weights and weights is None:
+        if len(bag_weights) != len(modules) or any(len(row) != len(spec.stems) for row in bag_weights):
+            raise ModelError(f"models.toml: model '{spec.name}': bag_weights must be {len(modules)} rows of "
+                             f"{len(spec.stems)} weights")
+        modules = [_WeightedBag(modules, bag_weights)]
+    return Separator(spec, device=device, modules=modules)
 
 
 def _normalize(mix: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:

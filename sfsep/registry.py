@@ -9,8 +9,9 @@ touches the network; `sfsep.hub` fetches weights and `sfsep.models` builds modul
 from __future__ import annotations
 
 import copy
+import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .errors import ModelError
+from .errors import ModelError, UsageError
 
 DEFAULT_MODEL = "classic"
 """The model `sfsep FILE` uses when --model is not given (the one that works offline)."""
@@ -29,12 +30,13 @@ DEFAULT_MODEL = "classic"
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a checkpoint comes from: a Hugging Face repo file or a plain URL."""
+    """Where a checkpoint comes from: a Hugging Face repo file, a plain URL or a Google Drive id."""
 
     url: str | None = None
     hf_repo: str | None = None
     hf_filename: str | None = None
     hf_revision: str | None = None
+    gdrive_id: str | None = None  # a Google Drive file id (sfsep.hub handles Drive's confirmation page)
     filename: str | None = None  # the name in the cache
     sha256: str | None = None  # full hex digest, or a prefix (demucs names carry 8 hex digits)
     size: int | None = None  # bytes, where known
@@ -47,7 +49,9 @@ class WeightsSource:
             return Path(self.hf_filename).name
         if self.url:
             return self.url.rstrip("/").rsplit("/", 1)[-1]
-        raise ModelError("a weights source needs a url or a Hugging Face repo and filename")
+        if self.gdrive_id:
+            return f"gdrive-{self.gdrive_id}.pt"
+        raise ModelError("a weights source needs a url, a Google Drive id or a Hugging Face repo and filename")
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,26 @@ _SPEC_KEYS = {
 }
 
 
-def _weights_list(raw: Any) -> tuple[WeightsSource, ...]:
+_WEIGHTS_KEYS = set(WeightsSource.__dataclass_fields__)
+
+
+def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
     if raw is None:
         return ()
     entries = raw if isinstance(raw, list) else [raw]
-    return tuple(WeightsSource(**entry) for entry in entries)
+    sources = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ModelError(f"models.toml: model '{name}': each weights entry must be a table")
+        unknown = sorted(set(entry) - _WEIGHTS_KEYS)
+        if unknown:
+            raise ModelError(f"models.toml: model '{name}': unknown weights keys {unknown} "
+                             f"(known: {', '.join(sorted(_WEIGHTS_KEYS))})")
+        if not (entry.get("url") or entry.get("gdrive_id") or (entry.get("hf_repo") and entry.get("hf_filename"))):
+            raise ModelError(f"models.toml: model '{name}': a weights entry needs url, gdrive_id, "
+                             f"or hf_repo and hf_filename")
+        sources.append(WeightsSource(**entry))
+    return tuple(sources)
 
 
 def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
@@ -117,7 +136,7 @@ def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
         license=table.get("license", ""),
         citation=table.get("citation", ""),
         aliases=tuple(table.get("aliases", ())),
-        weights=_weights_list(table.get("weights")),
+        weights=_weights_list(table.get("weights"), name),
         extra=extra,
     )
 
@@ -137,10 +156,19 @@ def load_registry(path: str | Path | None = None) -> dict[str, ModelSpec]:
     return {name: spec_from_table(name, table) for name, table in data.get("models", {}).items()}
 
 
-@lru_cache(maxsize=1)
+ENV_REGISTRY = "SFSEP_REGISTRY"
+
+
 def registry() -> dict[str, ModelSpec]:
-    """The packaged registry, read once."""
-    return load_registry()
+    """The packaged registry (or the models.toml that $SFSEP_REGISTRY names), read once."""
+    return _registry_at(os.environ.get(ENV_REGISTRY) or None)
+
+
+@lru_cache(maxsize=4)
+def _registry_at(path: str | None) -> dict[str, ModelSpec]:
+    if path is not None and not Path(path).is_file():
+        raise ModelError(f"{ENV_REGISTRY}={path}: no such file (unset it to use the packaged models.toml)")
+    return load_registry(path)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -153,3 +181,106 @@ def get_spec(name: str) -> ModelSpec:
             return spec
     known = ", ".join(sorted(models))
     raise ModelError(f"unknown model '{name}' (known: {known}; `sfsep models` lists them)")
+
+
+# --------------------------------------------------------------------------------------------
+# User configs (MSST-style YAML, read by sfsep.checkpoint.load_yaml_config)
+
+MSST_FAMILIES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c", "htdemucs")
+"""Families whose config is a whole MSST config (audio, model, training, inference sections)."""
+
+
+def guess_family(config: dict[str, Any]) -> str | None:
+    """The architecture an MSST config describes, from its keys; None when it cannot tell."""
+    training = config.get("training") if isinstance(config.get("training"), dict) else {}
+    declared = training.get("model_type") or config.get("model_type")
+    if isinstance(declared, str) and declared:
+        return declared
+    if config.get("model") in ("htdemucs",) or isinstance(config.get("htdemucs"), dict):
+        return "htdemucs"
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    if "num_bands" in model and "dim" in model:
+        return "mel_band_roformer"
+    if "freqs_per_bands" in model:
+        return "bs_roformer"
+    if "band_SR" in model or "num_dplayer" in model:
+        return "scnet"
+    if "num_scales" in model and "num_subbands" in model:
+        return "mdx23c"
+    if "bandsplits" in config and "t_timesteps" in config:
+        return "bsrnn"
+    return None
+
+
+def spec_from_config(config: dict[str, Any], *, name: str, base: ModelSpec | None = None,
+                     source: str = "--config") -> ModelSpec:
+    """A ModelSpec for a user's config: an MSST YAML (stems, rate, chunking from its `training`,
+    `audio` and `inference` sections) or, for other families, the architecture's own hparams.
+
+    With `base` (the model named by --model) the family, weights source, license and citation
+    come from it; without, the family is guessed from the config's keys.
+    """
+    guessed = guess_family(config)
+    if base is not None and guessed is not None and guessed != base.family:
+        raise UsageError(f"{source}: the config describes a {guessed} model but --model {base.name} is a "
+                         f"{base.family}; drop --model or pick a {guessed} model")
+    family = base.family if base is not None else guessed
+    if family is None:
+        raise UsageError(f"{source}: cannot tell which architecture this config is for; add --model NAME "
+                         f"(a model of the same family, `sfsep models` lists them)")
+    common = dict(
+        name=base.name if base is not None else name,
+        family=family,
+        description=f"{base.description if base is not None else family} (config from {source})",
+        license=base.license if base is not None else "",
+        citation=base.citation if base is not None else "",
+        aliases=(),
+        weights=base.weights if base is not None else (),
+    )
+    if family not in MSST_FAMILIES or ("model" not in config and "htdemucs" not in config):
+        if base is None:
+            raise UsageError(f"{source}: a {family} config carries no stems or rate; add --model NAME of a "
+                             f"{family} model so that sfsep knows them")
+        return replace(base, config=dict(config), description=common["description"])
+
+    training = config.get("training") or {}
+    audio = config.get("audio") or {}
+    inference = config.get("inference") or {}
+    instruments = [str(item) for item in training.get("instruments") or []]
+    target = training.get("target_instrument")
+    extra: dict[str, Any] = {}
+    if target:
+        stems: tuple[str, ...] = (str(target),)
+        others = [item for item in instruments if item != target]
+        if len(others) == 1:
+            extra["residual_stem"] = others[0]
+    elif instruments:
+        stems = tuple(instruments)
+    elif base is not None:
+        stems = base.stems
+    else:
+        raise UsageError(f"{source}: the config has no training.instruments, so the stems are unknown")
+    if family == "htdemucs":
+        rate = int(training.get("samplerate") or audio.get("sample_rate") or 44100)
+        chunk_size = int(round(rate * float(training.get("segment") or 11)))
+        style = "msst_demucs"
+    else:
+        rate = int(audio.get("sample_rate") or (base.trained_rate if base is not None else None) or 44100)
+        chunk_size = inference.get("chunk_size") or audio.get("chunk_size")
+        chunk_size = int(chunk_size) if chunk_size else (base.chunk_size if base is not None else None)
+        style = "msst"
+    overlap = inference.get("num_overlap")
+    if overlap is None:
+        overlap = base.overlap if base is not None and base.chunk_style == style else 2
+    return ModelSpec(
+        **common,
+        stems=stems,
+        config=dict(config),
+        trained_rate=rate,
+        chunk_size=chunk_size,
+        overlap=int(overlap),
+        chunk_style=style,
+        batch_size=int(inference.get("batch_size") or 1),
+        normalize=bool(inference.get("normalize", False)),
+        extra=extra,
+    )
