@@ -418,7 +418,8 @@ def models(as_json: bool = JsonOpt) -> None:
 
     table = Table(title="sfsep models", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for column in ("name", "family", "stems", "rate", "size", "cached", "source", "status"):
-        table.add_column(column, overflow="fold", min_width={"family": 8, "stems": 14, "source": 8}.get(column))
+        table.add_column(column, overflow="fold", no_wrap=column == "name",
+                         min_width={"family": 8, "stems": 14, "source": 8}.get(column))
     for row in rows:
         stems = ", ".join(row["stems"][:-1] + [f"({row['stems'][-1]})"] if row["residual_stem"] else row["stems"])
         if not row["files"]:

@@ -1,0 +1,236 @@
+"""models.toml and sfsep.registry: every published checkpoint is listed with a config that builds
+the exact published state_dict, sane chunking and sources; MSST configs become specs; the
+`sfsep models` and `sfsep cache` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfsep import registry as reg
+from sfsep.errors import ModelError, UsageError
+from sfsep.inference import STYLES
+from sfsep.models import ARCHITECTURES, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SFSEP_SHARED") or REPO.parent / "shared")
+torch.set_num_threads(1)
+
+# registry name -> the parity manifest holding its published config and state_dict
+MANIFESTS = {
+    "htdemucs": "htdemucs_demucsrepo", "htdemucs_ft": "htdemucs_demucsrepo", "htdemucs_msst": "htdemucs",
+    "bs_roformer": "bs_roformer", "bs_roformer_vocals": "bs_roformer_viperx_ep317",
+    "mel_roformer": "mel_band_roformer", "mel_roformer_viperx": "mel_band_roformer_viperx_ep3005",
+    "scnet": "scnet", "scnet_large": "scnet_large", "mdx23c": "mdx23c", "mdx23c_vocals": "mdx23c_vocals",
+    "conv_tasnet": "conv_tasnet", "conv_tasnet_extra": "conv_tasnet", "bsrnn": "bsrnn",
+}
+TYPED_NAMES = ["htdemucs", "htdemucs_ft", "bs_roformer", "mel_roformer", "scnet", "scnet_large", "mdx23c",
+               "conv_tasnet", "bsrnn", "classic", "nmf"]
+
+
+@pytest.fixture(autouse=True)
+def packaged_registry(monkeypatch):
+    monkeypatch.delenv("SFSEP_REGISTRY", raising=False)
+
+
+def manifest(name: str) -> dict:
+    path = SHARED / "parity" / f"{name}.manifest.json"
+    return json.loads(path.read_text())
+
+
+def test_every_published_checkpoint_is_listed():
+    models = reg.registry()
+    assert set(MANIFESTS) <= set(models)
+    for name in TYPED_NAMES:
+        assert reg.get_spec(name).name == name
+    assert reg.get_spec("demucs").name == "htdemucs"
+    assert reg.get_spec("mel_band_roformer").name == "mel_roformer"
+    names = list(models) + [alias for spec in models.values() for alias in spec.aliases]
+    assert len(names) == len(set(names)), "a name or alias is used twice"
+    with pytest.raises(ModelError, match="htdemucs"):
+        reg.get_spec("no_such_model")
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_config_builds_the_published_state_dict(name):
+    spec = reg.get_spec(name)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = build_model(spec.family, spec.config_copy())
+    published = manifest(MANIFESTS[name])["state_dict"]
+    published = {key: list(value if isinstance(value, list) else value["shape"]) for key, value in published.items()}
+    ours = {key: list(tensor.shape) for key, tensor in module.state_dict().items()}
+    assert sorted(set(published) - set(ours))[:5] == [] and sorted(set(ours) - set(published))[:5] == []
+    assert ours == published
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_stems_rate_chunking_and_sources(name):
+    spec = reg.get_spec(name)
+    assert spec.family in ARCHITECTURES
+    assert spec.trained_rate == 44100
+    assert spec.stems and len(set(spec.stems)) == len(spec.stems)
+    assert spec.chunk_style in STYLES and spec.chunk_size and spec.chunk_size > 0
+    assert spec.license and spec.citation and spec.description
+    assert spec.weights, "a published model needs a weights source"
+    config = manifest(MANIFESTS[name]).get("config", {})
+    if spec.chunk_style in ("msst", "msst_demucs"):
+        assert isinstance(spec.overlap, int) and spec.overlap == config["inference"]["num_overlap"]
+        assert spec.batch_size == config["inference"]["batch_size"]
+        training = config["training"]
+        target = training.get("target_instrument")
+        assert list(spec.stems) == ([target] if target else training["instruments"])
+        if spec.chunk_style == "msst":
+            assert spec.chunk_size == config["audio"]["chunk_size"]
+            assert spec.normalize == bool(config["inference"].get("normalize", False))
+        else:
+            assert spec.chunk_size == training["samplerate"] * training["segment"]
+    if spec.chunk_style == "demucs":
+        assert spec.overlap == 0.25 and spec.normalize is True
+    if spec.family == "htdemucs" and spec.chunk_style == "demucs":
+        assert spec.chunk_size == 343980  # the 7.8 s (39/5) segment of demucs' v4 models
+        assert spec.config["segment"] == "39/5"
+    if spec.family in ("htdemucs", "conv_tasnet") and "sources" in spec.config:
+        assert list(spec.config["sources"]) == list(spec.stems)
+    if len(spec.stems) == 1:
+        assert spec.extra.get("residual_stem") == "other"
+    for source in spec.weights:
+        url = source.url or ""
+        if "dl.fbaipublicfiles.com" in url:
+            prefix = re.search(r"-([0-9a-f]{8})\.th$", url).group(1)
+            assert source.sha256 == prefix  # demucs names carry their sha256 prefix
+        if source.sha256:
+            assert re.fullmatch(r"[0-9a-f]{8,64}", source.sha256)
+
+
+def test_sources_match_the_research_notes():
+    assert reg.get_spec("mel_roformer").weights[0].hf_repo == "KimberleyJSN/melbandroformer"
+    assert reg.get_spec("mel_roformer").weights[0].hf_filename == "MelBandRoformer.ckpt"
+    assert reg.get_spec("bsrnn").weights[0].gdrive_id == "14FzOPUcf4BKym1kCRqRH1PeJWSvv4qHE"
+    assert reg.get_spec("bs_roformer_vocals").weights[0].url.endswith("model_bs_roformer_ep_317_sdr_12.9755.ckpt")
+    for name in MANIFESTS:
+        url = manifest(MANIFESTS[name]).get("checkpoint_url")
+        if url and name not in ("htdemucs_ft",):
+            assert reg.get_spec(name).weights[0].url == (None if "huggingface.co" in url else url)
+
+
+def test_htdemucs_ft_is_a_bag_with_per_source_weights():
+    spec = reg.get_spec("htdemucs_ft")
+    assert len(spec.weights) == 4
+    assert spec.extra["bag_weights"] == [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
+    assert [w.cache_name.split("-")[0] for w in spec.weights] == ["f7e0c4bc", "d12395a8", "92cfc3b6", "04573f0d"]
+    assert reg.get_spec("htdemucs_6s").stems == ("drums", "bass", "other", "vocals", "guitar", "piano")
+
+
+def test_registry_override_and_bad_entries(tmp_path, monkeypatch):
+    path = tmp_path / "models.toml"
+    path.write_text('[models.x]\nfamily = "classic"\nstems = ["a"]\n'
+                    '[[models.x.weights]]\nurl = "http://127.0.0.1/x.th"\nsha265 = "typo"\n')
+    monkeypatch.setenv("SFSEP_REGISTRY", str(path))
+    with pytest.raises(ModelError, match="sha265"):
+        reg.registry()
+    path.write_text('[models.x]\nfamily = "classic"\nstems = ["a"]\n[[models.x.weights]]\nsize = 3\n')
+    monkeypatch.setenv("SFSEP_REGISTRY", str(tmp_path / "other.toml"))
+    with pytest.raises(ModelError, match="no such file"):
+        reg.registry()
+    (tmp_path / "other.toml").write_text(path.read_text())
+    with pytest.raises(ModelError, match="needs url"):
+        reg.registry()
+
+
+def test_msst_configs_become_specs():
+    viperx = manifest("bs_roformer_viperx_ep317")["config"]
+    assert reg.guess_family(viperx) == "bs_roformer"
+    spec = reg.spec_from_config(viperx, name="mine")
+    assert spec.family == "bs_roformer" and spec.stems == ("vocals",)
+    assert spec.extra["residual_stem"] == "other"
+    assert (spec.chunk_size, spec.overlap, spec.chunk_style, spec.batch_size) == (352800, 2, "msst", 4)
+    assert reg.guess_family(manifest("mel_band_roformer")["config"]) == "mel_band_roformer"
+    assert reg.guess_family(manifest("scnet")["config"]) == "scnet"
+    assert reg.guess_family(manifest("mdx23c")["config"]) == "mdx23c"
+    assert reg.guess_family(manifest("bsrnn")["config"]) == "bsrnn"
+    ht = reg.spec_from_config(manifest("htdemucs")["config"], name="ht")
+    assert (ht.family, ht.chunk_style, ht.chunk_size, ht.overlap) == ("htdemucs", "msst_demucs", 485100, 4)
+    base = reg.get_spec("scnet")
+    scnet = reg.spec_from_config(manifest("scnet_large")["config"], name="x", base=base)
+    assert scnet.name == "scnet" and scnet.weights == base.weights and scnet.normalize is False
+    with pytest.raises(UsageError, match="bs_roformer"):
+        reg.spec_from_config(viperx, name="x", base=base)
+    with pytest.raises(UsageError, match="cannot tell"):
+        reg.spec_from_config({"model": {"foo": 1}}, name="x")
+
+
+def run_cli(args, capsys):
+    from sfsep.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return caught.value.code, out, err
+
+
+def test_models_command_json_and_table(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    code, out, _ = run_cli(["models", "--json"], capsys)
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert set(rows) == set(reg.registry())
+    assert rows["htdemucs_ft"]["files"] == 4 and rows["htdemucs_ft"]["cached"] is False
+    assert rows["classic"]["cached"] is None and rows["classic"]["available"] is True
+    assert rows["bs_roformer_vocals"]["stems"] == ["vocals", "other"]
+    assert rows["mel_roformer"]["sources"][0]["host"] == "huggingface.co"
+    assert rows["htdemucs"]["size_estimate_bytes"] == 41984456 * 2
+    code, out, _ = run_cli(["models"], capsys)
+    assert code == 0 and "htdemucs_ft" in out  # names never wrap, even at 80 columns
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(["models"], capsys)
+    line = next(line for line in out.splitlines() if line.strip().startswith("htdemucs_ft "))
+    assert "drums, bass, other, vocals" in line and "no" in line.split() and "fbaipublicfiles" in line
+
+
+def test_unimplemented_architecture_is_listed_and_refused_clearly(capsys, tmp_path, monkeypatch):
+    from sfsep.pipeline import load_separator
+
+    path = tmp_path / "models.toml"
+    path.write_text('[models.future]\nfamily = "future_net"\ntrained_rate = 44100\nstems = ["vocals"]\n'
+                    '[[models.future.weights]]\nurl = "http://127.0.0.1:9/future.ckpt"\n')
+    monkeypatch.setenv("SFSEP_REGISTRY", str(path))
+    code, out, _ = run_cli(["models", "--json"], capsys)
+    (row,) = json.loads(out)
+    assert row["name"] == "future" and row["available"] is False
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(["models"], capsys)
+    assert "not implemented yet" in out
+    with pytest.raises(ModelError, match="not available in this version"):
+        load_separator("future", device="cpu")
+    code, _, err = run_cli(["separate", "song.wav", "--model", "future"], capsys)
+    assert code == 1 and "not available" in err and "Traceback" not in err
+
+
+def test_cache_path_command(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "c"))
+    code, out, _ = run_cli(["cache", "path"], capsys)
+    assert code == 0 and out.strip() == str(tmp_path / "c")
+    code, _, err = run_cli(["cache", "wipe"], capsys)
+    assert code == 2 and "cache path" in err
+
+
+def test_offline_separate_without_cached_weights_says_how(capsys, tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "empty"))
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros((4410, 2), dtype=np.float32), 44100)
+    code, _, err = run_cli(["separate", str(song), "--model", "scnet", "--offline", "-o", str(tmp_path / "out")],
+                           capsys)
+    assert code == 1
+    assert "scnet_checkpoint_musdb18.ckpt" in err and "sfsep fetch scnet" in err and "--weights" in err
+    code, _, err = run_cli(["separate", str(song), "--weights", str(song)], capsys)
+    assert code == 2 and "--model" in err
