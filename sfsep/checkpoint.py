@@ -7,7 +7,8 @@ containers and refuses any other global reference. A demucs "package" (`{klass, 
 state, ...}`) pickles the model class by reference, so for it the restricted unpickler is told
 about a short list of known class names (`demucs.htdemucs.HTDemucs`, ...), each mapped to an inert
 placeholder class that records the name and has no behaviour; `fractions.Fraction` (the segment
-length) is the only other addition. A pickle that names anything else (e.g. `os.system` in a
+length) and numpy's array/scalar rebuilders (metrics in training checkpoints) are the only other
+additions. A pickle that names anything else (e.g. `os.system` in a
 `__reduce__`) is refused before that object is built, and the refusal names the reference.
 
 Wrappers are peeled in the order the reference loader uses: `state` (demucs packages), then
@@ -78,8 +79,24 @@ class Checkpoint:
     upcast: int = 0  # tensors converted from half precision
 
 
+def _numpy_globals() -> list:
+    """numpy arrays and scalars (training checkpoints store metrics as numpy values): their
+    rebuild functions only make arrays from bytes, under either numpy module path."""
+    import numpy
+
+    core = getattr(numpy, "_core", None) or numpy.core
+    multiarray = core.multiarray
+    found = []
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        found += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    dtypes = getattr(numpy, "dtypes", None)
+    dtype_classes = [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType") and name != "ObjectDType"] \
+        if dtypes is not None else []
+    return found + [numpy.ndarray, numpy.dtype] + dtype_classes
+
+
 def _safe_globals() -> list:
-    return [(cls, name) for name, cls in _PLACEHOLDERS.items()] + [fractions.Fraction]
+    return [(cls, name) for name, cls in _PLACEHOLDERS.items()] + [fractions.Fraction] + _numpy_globals()
 
 
 def _refused_reference(message: str) -> str | None:

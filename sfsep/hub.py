@@ -299,7 +299,8 @@ def _offline_miss_message(source, model: str) -> str:
         f"model '{name}' needs the weights file {source.cache_name}, which is not cached (expected in "
         f"{where_expected(source)}), and offline mode forbids downloading it from {source_label(source)}. "
         f"On a machine with internet run `sfsep fetch {name}` and copy its cache folder (`sfsep cache path`) "
-        f"to {cache_dir()} here, or run with --weights PATH to a checkpoint file"
+        f"to {cache_dir()} here, or run with --weights PATH to a checkpoint file, or use --model classic "
+        f"(no weights needed)"
     )
 
 

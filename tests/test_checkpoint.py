@@ -52,6 +52,17 @@ def test_plain_and_wrapped_state_dicts(tmp_path, wrapper):
         assert torch.equal(loaded.state[key], state[key])
 
 
+def test_training_checkpoint_with_numpy_metrics(tmp_path):
+    import numpy as np
+
+    state = small_state()
+    torch.save({"model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+                "best_metric": np.float64(9.5), "all_metrics": np.array([1.0, 2.0]), "epoch": np.int64(3)},
+               tmp_path / "train.ckpt")
+    loaded = checkpoint.load_checkpoint(tmp_path / "train.ckpt")
+    assert loaded.wrapper == "model_state_dict" and set(loaded.state) == set(state)
+
+
 def test_half_precision_is_upcast(tmp_path):
     state = {key: value.half() for key, value in small_state().items()}
     torch.save(state, tmp_path / "half.pt")
@@ -67,7 +78,7 @@ def test_hostile_pickle_is_refused_without_running(tmp_path, how):
     if how == "torch.save":
         torch.save({"state_dict": small_state(), "extra": Hostile(marker)}, path)
     elif how == "raw pickle":
-        path.write_bytes(pickle.dumps(Hostile(marker)))
+        path.write_bytes(pickle.dumps(Hostile(marker), protocol=2))
     else:
         torch.save({"klass": Hostile(marker), "args": (), "kwargs": {}, "state": small_state()}, path)
     with pytest.raises(WeightsError) as caught:
@@ -247,3 +258,23 @@ def test_load_separator_with_weights_and_msst_config(tmp_path):
         load_separator("mdx23c", device="cpu", weights=tmp_path / "my.ckpt", config=tmp_path / "my.yaml")
     with pytest.raises(UsageError, match="no such file"):
         load_separator("scnet", device="cpu", weights=tmp_path / "absent.ckpt")
+
+
+def test_load_separator_builds_a_demucs_package_from_its_own_kwargs(tmp_path):
+    """The package's recorded kwargs (here a tiny model, sources in another order) win over
+    models.toml's reconstructed config, and the stems follow the package's sources."""
+    from sfsep.pipeline import load_separator
+
+    data = fixture("htdemucs_demucsrepo_tiny")
+    kwargs = {key: value for key, value in data["config"].items() if value is not None}
+    kwargs["segment"] = fractions.Fraction(3, 10)
+    kwargs["sources"] = ["vocals", "drums", "bass", "other"]
+    path = tmp_path / "5c90dfd2-00000000.th"
+    save_package(path, {key: value.half() for key, value in data["state_dict"].items()}, kwargs)
+    separator = load_separator("htdemucs", device="cpu", weights=path)
+    assert separator.spec.stems == ("vocals", "drums", "bass", "other")
+    (module,) = separator.modules(44100)
+    with torch.no_grad():
+        output = module(data["input"])
+    # float16 weights: close to the float32 fixture, not equal
+    assert (output - data["output"]).abs().max() < 1e-2 * data["output"].abs().max()
