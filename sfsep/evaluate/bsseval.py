@@ -1,0 +1,659 @@
+"""BSSEval v4 (the museval "images" metrics) in torch, and museval-format score files.
+
+This file owns three things:
+
+1. `bss_eval_v4`: framewise SDR / ISR / SIR / SAR exactly as museval 0.4.1 computes them
+   with `museval.evaluate(refs, ests, win, hop)` (mode "v4", images version, 512-tap filters),
+   written from the definitions, not from museval's code.
+2. `TrackScores`: one track's framewise scores, written as the JSON file museval's
+   `TrackStore` writes (same layout, values quantized to 1e-5, +-inf written as NaN).
+3. Aggregation: the median over frames of each track, then the median (and the mean and its
+   standard error) over tracks: the "median of medians" that MUSDB results are quoted in.
+
+The math
+--------
+Shapes follow sfsep's convention: references and estimates are (S, C, T) = (sources,
+channels, samples). Write r[j,c] for reference j, channel c, and L for `filters_len` (512).
+
+Distortion filters, once per track (this is what makes it "v4"; v3 refits them per window).
+Estimate channel e[i,d] is approximated by the least-squares combination of all references
+delayed by 0..L-1 samples:
+
+    e[i,d](n) ~ sum_{j,c,a} F_i[j,c,a,d] r[j,c](n - a)
+
+The normal equations G F_i = D_i use the Gram matrix of the delayed references
+
+    G[(j,c,a), (k,c',b)] = sum_n r[j,c](n-a) r[k,c'](n-b) = R_rr[(j,c),(k,c')](a - b)
+    D_i[(j,c,a), d]      = sum_n r[j,c](n-a) e[i,d](n)    = R_re[(j,c),(i,d)](a)
+
+with the cross-correlations R_xy(k) = sum_m x(m) y(m + k) over the whole zero-padded track,
+needed only for |k| < L. We get them block by block: the track is cut into blocks of B
+samples; a block of x and the same block of y widened by L-1 samples on both sides are
+transformed with one FFT of size N >= B + 2(L-1) (no circular wrap-around in the lags we
+keep), the products conj(X) Y are summed over blocks, and one inverse FFT per pair gives
+all 2L-1 lags. One solve with all S*C estimate channels as right-hand sides gives every
+F_i; museval adds eps*I (eps = float64 machine epsilon) and falls back to least squares when
+the solve fails, and so do we. The per-source filters F'_j (estimate j projected on
+reference j alone) solve the diagonal blocks of the same system.
+
+Per window [s, s+W), the references are cut to the window (zero outside it) and filtered,
+giving signals of W + L - 1 samples:
+
+    s_true = r[j] on the window                  (the reference image)
+    P_j    = filter r[j]-window with F'_j         (projection on source j's own subspace)
+    P_all  = filter all r-windows with F_j        (projection on all references)
+    est    = e[j] on the window
+
+    SDR = 10 log10(|s_true|^2 / |est - s_true|^2)
+    ISR = 10 log10(|s_true|^2 / |P_j - s_true|^2)
+    SIR = 10 log10(|P_j|^2    / |P_all - P_j|^2)
+    SAR = 10 log10(|P_all|^2  / |est - P_all|^2)
+
+(these are museval's e_spat = P_j - s_true, e_interf = P_all - P_j, e_artif = est - P_all;
+ a zero denominator gives +inf). All windows are done at once: one FFT of every window of
+every signal, a product with the filters' spectra, and Parseval for the energies.
+
+Framing as museval: with W < T there are floor((T - W + hop) / hop) windows starting at
+t*hop, so a trailing partial window is dropped; with W >= T there is one window, the whole
+track. A window is NaN for every source when any reference or any estimate is silent in it,
+where "silent" means the per-sample sum over channels is zero everywhere in the window
+(so a stereo source with L = -R counts as silent, as in museval). A source silent over the
+whole track makes the metric undefined and raises `SilentSourceError`.
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sfsep import __version__ as _sfsep_version
+from sfsep.errors import SfsepError
+
+__all__ = [
+    "METRIC_NAMES",
+    "MUSEVAL_COMPAT_VERSION",
+    "BSSEvalResult",
+    "SilentSourceError",
+    "TrackScores",
+    "TrackAggregate",
+    "bss_eval_v4",
+    "aggregate_tracks",
+    "nanmedian",
+]
+
+#: Metric names in the order `bss_eval_v4` returns them (museval's order).
+METRIC_NAMES = ("SDR", "ISR", "SIR", "SAR")
+
+#: The museval release whose v4 definition and JSON layout this file reproduces; checked
+#: against museval 0.4.1 output (shared/fixtures/bsseval_museval*.json/npz).
+MUSEVAL_COMPAT_VERSION = "0.4.1"
+
+# Order of the metrics inside a museval JSON frame.
+_JSON_METRIC_ORDER = ("SDR", "SIR", "SAR", "ISR")
+
+
+class SilentSourceError(SfsepError, ValueError):
+    """A reference or estimate that is all zeros over the whole track (BSSEval is undefined)."""
+
+
+@dataclass
+class BSSEvalResult:
+    """Framewise BSSEval v4 scores, each (sources, windows) float64, NaN in silent windows.
+
+    `window` and `hop` are in samples. `source_names` is whatever the caller passed (may be
+    empty). Scores can be +inf (a zero error energy) exactly as museval returns them.
+    """
+
+    sdr: torch.Tensor
+    isr: torch.Tensor
+    sir: torch.Tensor
+    sar: torch.Tensor
+    window: int
+    hop: int
+    source_names: tuple[str, ...] = ()
+
+    def __iter__(self):
+        # Allows `sdr, isr, sir, sar = bss_eval_v4(...)`.
+        return iter((self.sdr, self.isr, self.sir, self.sar))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Metric name -> (sources, windows) tensor."""
+        return {"SDR": self.sdr, "ISR": self.isr, "SIR": self.sir, "SAR": self.sar}
+
+    def median(self) -> dict[str, torch.Tensor]:
+        """Metric name -> (sources,) median over windows, ignoring NaN (numpy's nanmedian:
+        the mean of the two middle values for an even count; NaN if every window is NaN)."""
+        return {name: nanmedian(values, dim=-1) for name, values in self.as_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------
+# BSSEval v4
+# ----------------------------------------------------------------------------------------
+
+
+def bss_eval_v4(
+    references: torch.Tensor,
+    estimates: torch.Tensor,
+    window: int = 44100,
+    hop: int = 44100,
+    filters_len: int = 512,
+    source_names: Sequence[str] | None = None,
+    frames_per_batch: int = 8,
+) -> BSSEvalResult:
+    """Framewise BSSEval v4 images metrics, as `museval.evaluate(refs, ests, win, hop)`.
+
+    references, estimates: (sources, channels, samples), or (sources, samples) for mono.
+    Estimates are zero-padded or truncated to the references' length. The computation runs
+    in float64 on the references' device. `window` and `hop` are in samples (museval's
+    1-s default at 44.1 kHz is 44100). `source_names` only serves error messages and the
+    result. `frames_per_batch` bounds memory (windows transformed at once).
+    Returns a `BSSEvalResult` (iterable as sdr, isr, sir, sar), each (sources, windows).
+    """
+    references, estimates = _prepare_inputs(references, estimates)
+    num_sources, num_channels, length = references.shape
+    names = tuple(source_names) if source_names is not None else ()
+    if names and len(names) != num_sources:
+        raise ValueError(f"{len(names)} source names for {num_sources} sources")
+    window, hop = int(window), int(hop)
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window and hop must be positive samples (got {window}, {hop})")
+    if filters_len <= 0:
+        raise ValueError(f"filters_len must be positive (got {filters_len})")
+    _check_not_silent(references, "reference", names)
+    _check_not_silent(estimates, "estimate", names)
+
+    filters_all, filters_own = _distortion_filters(references, estimates, filters_len)
+
+    if window < length:
+        num_windows = (length - window + hop) // hop
+        window_len = window
+    else:
+        num_windows, window_len = 1, length
+    scores = _framewise_scores(
+        references, estimates, filters_all, filters_own, window_len, hop, num_windows,
+        frames_per_batch,
+    )
+    sdr, isr, sir, sar = scores.unbind(0)
+    return BSSEvalResult(sdr, isr, sir, sar, window=window, hop=hop, source_names=names)
+
+
+def _prepare_inputs(references, estimates) -> tuple[torch.Tensor, torch.Tensor]:
+    references = torch.as_tensor(references)
+    estimates = torch.as_tensor(estimates)
+    if references.ndim == 2:
+        references = references[:, None]
+    if estimates.ndim == 2:
+        estimates = estimates[:, None]
+    if references.ndim != 3 or estimates.ndim != 3:
+        raise ValueError(
+            "references and estimates must be (sources, channels, samples); got "
+            f"{tuple(references.shape)} and {tuple(estimates.shape)}"
+        )
+    if references.shape[:2] != estimates.shape[:2]:
+        raise ValueError(
+            "references and estimates must have the same sources and channels; got "
+            f"{tuple(references.shape)} and {tuple(estimates.shape)}"
+        )
+    if references.shape[-1] == 0:
+        raise ValueError("references are empty (0 samples)")
+    device = references.device
+    references = references.to(device=device, dtype=torch.float64)
+    estimates = estimates.to(device=device, dtype=torch.float64)
+    length = references.shape[-1]
+    if estimates.shape[-1] > length:
+        estimates = estimates[..., :length]
+    elif estimates.shape[-1] < length:
+        estimates = torch.nn.functional.pad(estimates, (0, length - estimates.shape[-1]))
+    return references.contiguous(), estimates.contiguous()
+
+
+def _check_not_silent(signals: torch.Tensor, kind: str, names: tuple[str, ...]) -> None:
+    silent = (signals.sum(dim=1) == 0).all(dim=-1)
+    if bool(silent.any()):
+        index = int(torch.nonzero(silent)[0])
+        label = f"'{names[index]}' (source {index})" if names else f"source {index}"
+        raise SilentSourceError(
+            f"The {kind} {label} is silent over the whole track (its channel sum is zero "
+            "everywhere), so BSSEval is undefined for it. Leave that source out of the "
+            "evaluation or check the file it came from."
+        )
+
+
+def _next_fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (sizes every FFT library handles quickly)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            candidate = power35
+            while candidate < n:
+                candidate *= 2
+            best = min(best, candidate)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+def _cross_correlations(
+    left: torch.Tensor, right: torch.Tensor, max_lag: int, block_fft: int
+) -> torch.Tensor:
+    """R[p, q, k + max_lag] = sum_m left[p](m) right[q](m + k) for |k| <= max_lag.
+
+    left: (P, T), right: (Q, T), both zero outside [0, T). Returns (P, Q, 2*max_lag + 1).
+    Computed block by block (see the module docstring) so memory does not grow with T.
+    """
+    num_left, length = left.shape
+    num_right = right.shape[0]
+    span = 2 * max_lag
+    block = block_fft - span  # samples of `left` per block
+    num_blocks = -(-length // block)
+    left_blocks = torch.nn.functional.pad(left, (0, num_blocks * block - length))
+    left_blocks = left_blocks.reshape(num_left, num_blocks, block)
+    # right widened by max_lag on both sides; block b covers right(b*block - max_lag ...)
+    right_padded = torch.nn.functional.pad(
+        right, (max_lag, num_blocks * block - length + max_lag)
+    )
+    right_blocks = right_padded.unfold(-1, block + span, block)  # (Q, num_blocks, block+span)
+
+    # Sum over blocks of conj(X_p) Y_q for every pair (p, q) and frequency f, as one real
+    # batched matrix product per group of blocks (batch = frequency): with X = Xr + i Xi,
+    # [Xr Xi]^T [Yr Yi] holds Xr'Yr, Xr'Yi, Xi'Yr, Xi'Yi, and
+    # conj(X)'Y = (Xr'Yr + Xi'Yi) + i (Xr'Yi - Xi'Yr).
+    products = None
+    blocks_per_step = max(1, (1 << 23) // (block_fft * (num_left + num_right)))
+    for first in range(0, num_blocks, blocks_per_step):
+        last = min(num_blocks, first + blocks_per_step)
+        left_spec = torch.fft.rfft(left_blocks[:, first:last], n=block_fft)  # (P, b, F)
+        right_spec = torch.fft.rfft(right_blocks[:, first:last], n=block_fft)  # (Q, b, F)
+        # (contiguous copies: bmm on permuted views is two orders of magnitude slower)
+        left_real = torch.cat([left_spec.real, left_spec.imag]).permute(2, 0, 1).contiguous()
+        right_real = torch.cat([right_spec.real, right_spec.imag]).permute(2, 1, 0).contiguous()
+        step = torch.bmm(left_real, right_real)  # (F, 2P, 2Q)
+        products = step if products is None else products + step
+    real = products[:, :num_left, :num_right] + products[:, num_left:, num_right:]
+    imag = products[:, :num_left, num_right:] - products[:, num_left:, :num_right]
+    spectrum_sum = torch.complex(real, imag).permute(1, 2, 0)  # (P, Q, F)
+    # circular correlation c(l) = sum_u x(u) y(u + l); lag k sits at l = k + max_lag
+    return torch.fft.irfft(spectrum_sum, n=block_fft)[..., : span + 1]
+
+
+def _solve_regularized(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve (gram + eps I) x = rhs by LU, eps = float64 machine epsilon, as museval does;
+    least squares when the LU solve fails.
+
+    LU rather than Cholesky although gram is positive semi-definite: with tonal or
+    band-limited sources gram is numerically singular (condition numbers of 1e20 occur),
+    Cholesky then breaks down after most of its work, and LU is what museval runs.
+    Batches are solved one matrix at a time: batched LU is broken on CPU in torch 2.13 for
+    matrices of 256 rows and more (MKL "DLASWP" errors, then a pivot RuntimeError).
+    """
+    if gram.ndim > 2:
+        return torch.stack([_solve_regularized(g, b) for g, b in zip(gram, rhs)])
+    eps = torch.finfo(torch.float64).eps
+    regularized = gram + eps * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    solution, info = torch.linalg.solve_ex(regularized, rhs)
+    if int(info) == 0 and bool(torch.isfinite(solution).all()):
+        return solution
+    return torch.linalg.lstsq(gram, rhs).solution
+
+
+def _distortion_filters(
+    references: torch.Tensor, estimates: torch.Tensor, filters_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-track least-squares filters.
+
+    Returns filters_all (S_est, S_ref, C_ref, C_est, L): estimate i from all references, and
+    filters_own (S, C_ref, C_est, L): estimate j from reference j alone.
+    """
+    num_sources, num_channels, length = references.shape
+    num_signals = num_sources * num_channels
+    lags = filters_len - 1
+    block_fft = max(8192, 1 << (8 * lags).bit_length())
+    correlations = _cross_correlations(
+        references.reshape(num_signals, length),
+        torch.cat([references, estimates]).reshape(2 * num_signals, length),
+        lags,
+        block_fft,
+    )
+    ref_ref = correlations[:, :num_signals]  # (P, P, 2L-1), lag k at index k + L-1
+    ref_est = correlations[:, num_signals:, lags:]  # (P, P, L), lag a >= 0
+
+    taps = torch.arange(filters_len, device=references.device)
+    lag_index = taps[:, None] - taps[None, :] + lags  # a - b + L-1
+    gram = ref_ref[:, :, lag_index]  # (P, P, L, L) indexed [p, q, a, b]
+    gram = gram.permute(0, 2, 1, 3).reshape(num_signals * filters_len, -1)
+    gram = 0.5 * (gram + gram.T)  # exact symmetry (the two FFT halves differ by rounding)
+    rhs = ref_est.permute(0, 2, 1).reshape(num_signals * filters_len, num_signals)
+
+    solution = _solve_regularized(gram, rhs)  # rows (j, c, a), columns (i, d)
+    filters_all = solution.reshape(num_sources, num_channels, filters_len, num_sources, num_channels)
+    filters_all = filters_all.permute(3, 0, 1, 4, 2)  # (i, j, c, d, a)
+
+    block = num_channels * filters_len
+    gram_own = torch.stack(
+        [gram[j * block : (j + 1) * block, j * block : (j + 1) * block] for j in range(num_sources)]
+    )
+    rhs_own = torch.stack(
+        [
+            rhs[j * block : (j + 1) * block, j * num_channels : (j + 1) * num_channels]
+            for j in range(num_sources)
+        ]
+    )
+    own = _solve_regularized(gram_own, rhs_own)  # (S, C*L, C): rows (c, a), columns d
+    filters_own = own.reshape(num_sources, num_channels, filters_len, num_channels)
+    filters_own = filters_own.permute(0, 1, 3, 2)  # (j, c, d, a)
+    return filters_all.contiguous(), filters_own.contiguous()
+
+
+def _framewise_scores(
+    references: torch.Tensor,
+    estimates: torch.Tensor,
+    filters_all: torch.Tensor,
+    filters_own: torch.Tensor,
+    window_len: int,
+    hop: int,
+    num_windows: int,
+    frames_per_batch: int,
+) -> torch.Tensor:
+    """(4, S, num_windows) scores; see the module docstring for the definitions."""
+    num_sources, num_channels = references.shape[:2]
+    num_signals = num_sources * num_channels
+    filters_len = filters_all.shape[-1]
+    fft_size = _next_fast_len(window_len + filters_len - 1)
+    num_bins = fft_size // 2 + 1
+    # Filters as one (F, i*d, j*c) matrix per frequency: output (i, d) from input (j, c).
+    # Every product below is a batched matrix product over frequencies on contiguous
+    # tensors (einsum or bmm on permuted views is far slower on CPU).
+    spectrum_all = torch.fft.rfft(filters_all, n=fft_size)  # (i, j, c, d, F)
+    spectrum_all = spectrum_all.permute(4, 0, 3, 1, 2).reshape(num_bins, num_signals, num_signals)
+    own = torch.fft.rfft(filters_own, n=fft_size).permute(3, 0, 2, 1)  # (F, j, d, c)
+    own_matrix = torch.zeros(
+        num_bins, num_signals, num_signals, dtype=own.dtype, device=own.device
+    )
+    for j in range(num_sources):
+        rows = slice(j * num_channels, (j + 1) * num_channels)
+        own_matrix[:, rows, rows] = own[:, j]
+    # Parseval for a real signal of fft_size samples from its rfft half-spectrum
+    weights = torch.full((num_bins,), 2.0 / fft_size, dtype=torch.float64, device=references.device)
+    weights[0] = 1.0 / fft_size
+    if fft_size % 2 == 0:
+        weights[-1] = 1.0 / fft_size
+
+    def energy(spectrum: torch.Tensor) -> torch.Tensor:  # (F, S*C, n) -> (S, n)
+        power = torch.view_as_real(spectrum).square().sum(dim=-1).reshape(num_bins, -1)
+        return (weights @ power).reshape(num_sources, num_channels, -1).sum(dim=1)
+
+    # windows as views: (S, C, num_windows, window_len)
+    used = (num_windows - 1) * hop + window_len
+    ref_frames = references[..., :used].unfold(-1, window_len, hop)
+    est_frames = estimates[..., :used].unfold(-1, window_len, hop)
+    ref_silent = _silent_frames(references, window_len, hop, num_windows)
+    est_silent = _silent_frames(estimates, window_len, hop, num_windows)
+    valid = ~(ref_silent.any(dim=0) | est_silent.any(dim=0))  # (num_windows,)
+
+    scores = torch.full(
+        (4, num_sources, num_windows), math.nan, dtype=torch.float64, device=references.device
+    )
+    valid_index = torch.nonzero(valid).flatten()
+
+    def spectra(frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.rfft(frames[:, :, index], n=fft_size)  # (S, C, n, F)
+        return spectrum.permute(3, 0, 1, 2).reshape(num_bins, num_signals, -1).contiguous()
+
+    for first in range(0, len(valid_index), frames_per_batch):
+        index = valid_index[first : first + frames_per_batch]
+        ref_spec = spectra(ref_frames, index)  # (F, S*C, n)
+        est_spec = spectra(est_frames, index)
+        proj_all = torch.bmm(spectrum_all, ref_spec)
+        proj_own = torch.bmm(own_matrix, ref_spec)
+        true_energy = energy(ref_spec)
+        scores[0][:, index] = _ratio_db(true_energy, energy(est_spec - ref_spec))
+        scores[1][:, index] = _ratio_db(true_energy, energy(proj_own - ref_spec))
+        scores[2][:, index] = _ratio_db(energy(proj_own), energy(proj_all - proj_own))
+        scores[3][:, index] = _ratio_db(energy(proj_all), energy(est_spec - proj_all))
+    return scores
+
+
+def _silent_frames(signals: torch.Tensor, window_len: int, hop: int, num_windows: int) -> torch.Tensor:
+    """(S, num_windows) True where the channel sum of a source is zero on the whole window."""
+    nonzero = (signals.sum(dim=1) != 0).to(torch.float64)  # (S, T)
+    used = nonzero[:, : (num_windows - 1) * hop + window_len]
+    return used.unfold(-1, window_len, hop).amax(dim=-1) == 0
+
+
+def _ratio_db(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """10 log10(num / den), +inf where den == 0 (as museval)."""
+    ratio = 10 * torch.log10(numerator / denominator)
+    return torch.where(denominator == 0, torch.full_like(ratio, math.inf), ratio)
+
+
+# ----------------------------------------------------------------------------------------
+# Medians
+# ----------------------------------------------------------------------------------------
+
+
+def nanmedian(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Median along `dim` ignoring NaN, numpy style: the mean of the two middle values for
+    an even count (torch.nanmedian takes the lower one), NaN when every value is NaN."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    values = values.movedim(dim, -1)
+    ordered, _ = torch.sort(values, dim=-1)  # NaN sort last
+    count = (~torch.isnan(values)).sum(dim=-1, keepdim=True)
+    lower = ((count - 1).clamp(min=0)) // 2
+    upper = count // 2
+    upper = torch.where(count == 0, torch.zeros_like(upper), upper)
+    low_value = torch.gather(ordered, -1, lower)
+    high_value = torch.gather(ordered, -1, upper.clamp(max=values.shape[-1] - 1))
+    median = torch.where(upper == lower, low_value, 0.5 * (low_value + high_value))
+    median = torch.where(count == 0, torch.full_like(median, math.nan), median)
+    return median.squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------
+# museval-format track scores
+# ----------------------------------------------------------------------------------------
+
+_QUANTUM = decimal.Decimal("0.00001")
+
+
+def _quantize(value: float) -> decimal.Decimal | None:
+    """museval's storage rule: the exact binary value rounded half-even to 1e-5; +-inf and
+    NaN become NaN (returned as None)."""
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return decimal.Decimal(value).quantize(_QUANTUM, context=decimal.Context(prec=60))
+
+
+@dataclass
+class TrackScores:
+    """One track's framewise scores in museval's `TrackStore` layout.
+
+    `targets` maps target name -> metric name -> framewise values, already quantized to
+    1e-5 with +-inf stored as NaN (the values museval writes and aggregates). Window and hop
+    are in seconds (the JSON's `time` = i * hop, `duration` = win).
+
+    The JSON's "museval_version" is `MUSEVAL_COMPAT_VERSION` + "+sfsep.<version>", e.g.
+    "0.4.1+sfsep.0.1.0": a PEP 440 local version that tools comparing versions read as the
+    museval release whose metric and format this file follows, while saying who wrote it.
+    """
+
+    track_name: str
+    win: float = 1.0
+    hop: float = 1.0
+    targets: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    museval_version: str = f"{MUSEVAL_COMPAT_VERSION}+sfsep.{_sfsep_version}"
+
+    def add_target(self, name: str, sdr, isr, sir, sar) -> None:
+        """Add one target's framewise values (any 1-D sequences or tensors of equal length)."""
+        columns = {"SDR": sdr, "ISR": isr, "SIR": sir, "SAR": sar}
+        lists = {}
+        for metric, values in columns.items():
+            flat = torch.as_tensor(values, dtype=torch.float64).flatten().tolist()
+            lists[metric] = [math.nan if q is None else float(q) for q in map(_quantize, flat)]
+        lengths = {len(v) for v in lists.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"target {name!r}: metrics have different frame counts {lengths}")
+        if name in self.targets:
+            raise ValueError(f"target {name!r} is already in the scores of {self.track_name!r}")
+        self.targets[name] = lists
+
+    @classmethod
+    def from_result(
+        cls,
+        track_name: str,
+        result: BSSEvalResult,
+        rate: int,
+        target_names: Sequence[str] | None = None,
+    ) -> "TrackScores":
+        """Scores of every source of `result`; names from `target_names` or the result."""
+        names = tuple(target_names) if target_names is not None else result.source_names
+        if len(names) != result.sdr.shape[0]:
+            raise ValueError(f"{len(names)} target names for {result.sdr.shape[0]} sources")
+        scores = cls(track_name, win=result.window / rate, hop=result.hop / rate)
+        for index, name in enumerate(names):
+            scores.add_target(
+                name, result.sdr[index], result.isr[index], result.sir[index], result.sar[index]
+            )
+        return scores
+
+    def frame_medians(self) -> dict[str, dict[str, float]]:
+        """target -> metric -> median over frames ignoring NaN (museval's frames_agg)."""
+        return {
+            target: {m: _nan_median_list(values) for m, values in metrics.items()}
+            for target, metrics in self.targets.items()
+        }
+
+    def to_json(self) -> str:
+        """The JSON text museval writes (indent 2, bare NaN, values with 5 decimals)."""
+        numbers: list[str] = []
+
+        def token(value: float) -> str:
+            quantized = _quantize(value)
+            numbers.append("NaN" if quantized is None else str(quantized))
+            return f"@@{len(numbers) - 1}@@"
+
+        document = {
+            "targets": [
+                {
+                    "name": name,
+                    "frames": [
+                        {
+                            "time": index * float(self.hop),
+                            "duration": float(self.win),
+                            "metrics": {m: token(metrics[m][index]) for m in _JSON_METRIC_ORDER},
+                        }
+                        for index in range(len(metrics["SDR"]))
+                    ],
+                }
+                for name, metrics in self.targets.items()
+            ],
+            "museval_version": self.museval_version,
+        }
+        text = json.dumps(document, indent=2)
+        return re.sub(r'"@@(\d+)@@"', lambda match: numbers[int(match.group(1))], text)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON to `path` (folders created; written to a temporary name, then renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(self.to_json())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def from_json(cls, text: str, track_name: str) -> "TrackScores":
+        """Read museval's JSON text (bare NaN tokens allowed)."""
+        document = json.loads(text)
+        scores = cls(track_name, museval_version=str(document.get("museval_version", "")))
+        for target in document.get("targets", []):
+            frames = target.get("frames", [])
+            if frames:
+                scores.win = float(frames[0]["duration"])
+                # time = i * hop; with one frame the hop is not recorded, take the window
+                later = frames[1]["time"] if len(frames) > 1 else frames[0]["duration"]
+                scores.hop = float(later) - float(frames[0]["time"])
+            scores.targets[target["name"]] = {
+                m: [_json_number(frame["metrics"][m]) for frame in frames] for m in METRIC_NAMES
+            }
+        return scores
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrackScores":
+        """Read a museval JSON file; the track name is the file name without `.json`."""
+        path = Path(path)
+        return cls.from_json(path.read_text(encoding="utf-8"), track_name=path.stem)
+
+
+def _json_number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _nan_median_list(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return float(np.median(np.asarray(finite, dtype=np.float64)))
+
+
+# ----------------------------------------------------------------------------------------
+# Aggregation over tracks
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackAggregate:
+    """One (target, metric) over tracks, from each track's median over frames.
+
+    median: the median over tracks (the MUSDB headline "median of frame medians");
+    mean, stderr: mean over tracks and its standard error (sample std / sqrt(n));
+    count: tracks that had a value (tracks whose frames are all NaN are left out, as pandas
+    does in museval's EvalStore). NaN when count is 0 (stderr also when count is 1).
+    """
+
+    median: float
+    mean: float
+    stderr: float
+    count: int
+
+
+def aggregate_tracks(tracks: Iterable[TrackScores]) -> dict[str, dict[str, TrackAggregate]]:
+    """target -> metric -> `TrackAggregate` over tracks (median over frames first)."""
+    per_target: dict[str, dict[str, list[float]]] = {}
+    for track in tracks:
+        for target, metrics in track.frame_medians().items():
+            for metric, value in metrics.items():
+                per_target.setdefault(target, {}).setdefault(metric, []).append(value)
+    result: dict[str, dict[str, TrackAggregate]] = {}
+    for target, metrics in per_target.items():
+        result[target] = {}
+        for metric in METRIC_NAMES:
+            values = np.asarray(
+                [v for v in metrics.get(metric, []) if not math.isnan(v)], dtype=np.float64
+            )
+            count = int(values.size)
+            if count == 0:
+                result[target][metric] = TrackAggregate(math.nan, math.nan, math.nan, 0)
+                continue
+            stderr = float(values.std(ddof=1) / math.sqrt(count)) if count > 1 else math.nan
+            result[target][metric] = TrackAggregate(
+                float(np.median(values)), float(values.mean()), stderr, count
+            )
+    return result
