@@ -356,6 +356,19 @@ def test_fetch_command_cache_path_and_bag_loading(server, cache, tmp_path, monke
     expected = torch.stack([first[:, 0], second[:, 1], (first[:, 2] + second[:, 2]) / 2, second[:, 3]], 1)
     torch.testing.assert_close(combined, expected)
 
+    import numpy as np
+    import soundfile as sf
+
+    song = tmp_path / "song.wav"
+    sf.write(song, 0.1 * np.random.default_rng(0).standard_normal((11025, 2)).astype(np.float32), 22050)
+    requests_before = len(server.requests)
+    code, out, err = run_cli(["separate", str(song), "--model", "tiny_bag", "--offline", "-o", str(tmp_path / "out")],
+                             capsys)
+    assert code == 0, err
+    assert len(server.requests) == requests_before  # offline: served from the cache
+    written = sorted(p.name for p in (tmp_path / "out").rglob("*.wav"))
+    assert written == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+
     (cache / "weights" / "tiny_a.th").write_bytes(b"x" * 100)
     code, out, err = run_cli(["fetch", "--verify"], capsys)
     assert code == 1 and "fails its check" in err
