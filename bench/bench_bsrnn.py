@@ -9,6 +9,10 @@ The reference separator runs one chunk every 23894 samples (0.54 s), so a whole 
 about window / hop = 5.6 times the per-chunk figure per second of audio; that estimate is
 printed too, and `--separate SECONDS` measures it on random audio of that length.
 
+On a shared CPU, compare --threads 1: the RNNs run one small matrix product per time step, and
+with two threads each of them waits at a barrier for a descheduled worker (2026-11-22, load
+~12 on 2 cores: 175 s wall / 50 s CPU per chunk with 2 threads, 23 s / 4.8 s with 1).
+
     python bench/bench_bsrnn.py [--threads 2] [--repeats 1] [--separate 0]
 """
 
@@ -90,6 +94,7 @@ def main() -> None:
     print(f"  = {per_second:.2f} s per second of audio; reference {REFERENCE_SECONDS_PER_SECOND} s/s "
           f"({REFERENCE_SECONDS_PER_CHUNK} s per chunk); ratio sfsep/reference = "
           f"{per_second / REFERENCE_SECONDS_PER_SECOND:.2f}")
+    print(f"  CPU time: {min(cpu_timings) / chunk_seconds:.2f} CPU-s per second of audio")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (model built: {rss_before:.0f} MiB)")
     print(f"reference separator (one chunk per {layout.hop} samples): ~{separator_per_second:.0f} s per second "
           f"of audio estimated from this run; reference estimate ~{REFERENCE_SEPARATOR_ESTIMATE:.0f} s/s; ratio "

@@ -47,7 +47,8 @@ styles of `sfsep.inference`, so it lives here as `separate_waveform`:
 - the signal is zero-padded by `chunk_size - chunk_step` (110250) on both sides, plus on the
   right `hop - (length + 2 * edge - window) % hop` (a whole hop even when that is 0);
 - every chunk output is divided by the constant `window / hop` (about 5.614; the true overlap
-  count alternates between 5 and 6, so the reference's output has a small periodic gain ripple),
+  count alternates between 5 and 6, so the reference's output has a periodic gain of 0.89 or
+  1.07 (-1.0 / +0.6 dB) with hard steps at chunk edges; the published scores include it),
   or multiplied by a Hann window of the chunk length when `window: hann` is configured; the
   chunks are overlap-added and the padding cut off.
 
