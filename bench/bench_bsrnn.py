@@ -2,8 +2,9 @@
 
 Times (wall clock, and process CPU time as a check on contention) one forward of the network
 on one chunk (chunk_samples = 134144 samples, 3.04 s at 44.1 kHz, batch 1), reports seconds
-of compute per second of audio and the process's peak resident memory, and compares with the figure measured with the reference implementation
-(research notes C.5: 83.7 s per chunk = 27.5 s per second of audio, contended 2-core CPU).
+of compute per second of audio and the process's peak resident memory, and compares with the
+figure measured with the reference implementation (research notes C.5: 83.7 s per chunk =
+27.5 s per second of audio, contended 2-core CPU).
 
 The reference separator runs one chunk every 23894 samples (0.54 s), so a whole track costs
 about window / hop = 5.6 times the per-chunk figure per second of audio; that estimate is
