@@ -295,12 +295,16 @@ def ensure(source, *, offline: bool = False, progress: bool | None = None, log: 
 
 def _offline_miss_message(source, model: str) -> str:
     name = model or source.cache_name
+    if is_huggingface(source):
+        copy = (f"copy its Hugging Face cache folder ($HF_HOME/hub) to {_hf_cache_hint()} here (or point "
+                f"HF_HOME at the copy)")
+    else:
+        copy = f"copy its cache folder (`sfsep cache path`) to {cache_dir()} here"
     return (
         f"model '{name}' needs the weights file {source.cache_name}, which is not cached (expected in "
         f"{where_expected(source)}), and offline mode forbids downloading it from {source_label(source)}. "
-        f"On a machine with internet run `sfsep fetch {name}` and copy its cache folder (`sfsep cache path`) "
-        f"to {cache_dir()} here, or run with --weights PATH to a checkpoint file, or use --model classic "
-        f"(no weights needed)"
+        f"On a machine with internet run `sfsep fetch {name}` and {copy}, or run with --weights PATH to a "
+        f"checkpoint file, or use --model classic (no weights needed)"
     )
 
 

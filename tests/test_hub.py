@@ -242,13 +242,13 @@ HF_SCRIPT = textwrap.dedent("""
 def test_hugging_face_source_through_a_fake_endpoint(server, tmp_path):
     server.add_hf("someone/model", "model.ckpt", PAYLOAD)
     env = {**os.environ, "HF_ENDPOINT": server.base, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO),
-           "SFSEP_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
+           "SFSEP_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("HF_TOKEN", None)
 
-    def run(mode: str) -> dict:
-        done = subprocess.run([sys.executable, "-c", HF_SCRIPT, DIGEST, mode], env=env, capture_output=True,
-                              text=True, timeout=60)
+    def run(mode: str, **extra: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", HF_SCRIPT, DIGEST, mode], env={**env, **extra},
+                              capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -262,6 +262,9 @@ def test_hugging_face_source_through_a_fake_endpoint(server, tmp_path):
     second = run("offline")
     assert second["path"] == first["path"]
     assert len(server.requests) == count  # offline: no request
+    third = run("online", HF_HUB_OFFLINE="1")  # huggingface_hub's own offline switch is honoured
+    assert third["path"] == first["path"] and "Hugging Face cache" in third["miss"]
+    assert len(server.requests) == count
 
 
 # --------------------------------------------------------------------------------------------
