@@ -177,7 +177,12 @@ def _kernel_geometry(input_rate: int, output_rate: int) -> KernelGeometry:
     )
 
 
+# Cached tensors are built outside inference mode: a kernel first made under
+# torch.inference_mode() would otherwise be an inference tensor, which autograd refuses to save
+# when the same kernel is later used with a signal that requires grad.
+
 @functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _time_offsets_float64(input_rate: int, output_rate: int) -> torch.Tensor:
     geometry = _kernel_geometry(input_rate, output_rate)
     # Tap k sits (k - width)/o periods from the frame start, phase p sits p/n periods after it.
@@ -187,9 +192,7 @@ def _time_offsets_float64(input_rate: int, output_rate: int) -> torch.Tensor:
     )
     phase_times = torch.arange(geometry.phases, dtype=torch.float64) / geometry.phases
     offsets = (tap_times[None, :] - phase_times[:, None]) * geometry.cutoff
-    offsets = offsets.clamp_(-geometry.lowpass_width, geometry.lowpass_width)
-    offsets.requires_grad_(False)
-    return offsets
+    return offsets.clamp_(-geometry.lowpass_width, geometry.lowpass_width)
 
 
 def kernel_time_offsets(
@@ -222,6 +225,7 @@ def kaiser_window(offsets: torch.Tensor, lowpass_width: int = LOWPASS_WIDTH,
 
 
 @functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _conventional_kernel_float64(input_rate: int, output_rate: int) -> torch.Tensor:
     geometry = _kernel_geometry(input_rate, output_rate)
     offsets = _time_offsets_float64(input_rate, output_rate)
@@ -230,6 +234,7 @@ def _conventional_kernel_float64(input_rate: int, output_rate: int) -> torch.Ten
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _conventional_kernel_cast(input_rate: int, output_rate: int, dtype: torch.dtype,
                               device: torch.device) -> torch.Tensor:
     return _conventional_kernel_float64(input_rate, output_rate).to(dtype=dtype, device=device)

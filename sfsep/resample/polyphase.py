@@ -26,8 +26,8 @@ Memory
 Nothing is materialised per output sample: the kernel is (n, K) whatever the signal length.
 oneDNN's CPU convolution does not unfold the input, but other backends may (im2col makes a
 (batch, K, frames) buffer, ~50x the input for 48000 -> 8000 where o = 6 and K = 298), so long
-signals are processed in blocks of frames whose unfolded size stays under `BLOCK_ELEMENTS`
-(which also happens to be the fastest way on CPU, see there).
+signals are processed in blocks of frames whose unfolded size stays under `UNFOLD_BUDGET`
+and whose output stays under `OUTPUT_BUDGET` (which is also faster on CPU, see there).
 Blocks overlap by K - o input samples and write into one preallocated output.
 """
 
@@ -39,12 +39,21 @@ import torch.nn.functional as F
 from sfsep.errors import ResampleError
 from sfsep.resample.kernel import kernel_geometry
 
-BLOCK_ELEMENTS = 1 << 20
-"""Upper bound on batch * frames * max(taps, phases) handled by one conv1d call (4 MB in f32).
+UNFOLD_BUDGET = 1 << 25
+"""Most input-window elements, batch * taps * frames, one conv1d call may see (128 MB in f32).
 
-Small blocks are not only lighter but faster: on 2 CPU threads, 180 s of stereo 8000 -> 44100
-takes 0.05 s with blocks of 2**20 elements against 0.19 s in one call, because each block's
-convolution output is transposed into place while it is still in cache."""
+oneDNN (CPU float32) never builds them, but PyTorch's fallback convolution (float64 on CPU,
+some other backends) unfolds the input into a (taps, frames) matrix first."""
+
+OUTPUT_BUDGET = 1 << 22
+"""Most output elements, batch * phases * frames, one conv1d call produces (16 MB in f32).
+
+Smaller blocks keep the convolution's output in cache while it is transposed into place: on
+a quiet 2-core machine, 180 s of stereo 8000 -> 44100 takes 0.05 s with blocks of 2**20
+outputs, 0.07 s with 2**22 and 0.19 s in one call. But every call is a parallel region, and on
+a loaded machine a 2-thread region can wait a whole time slice for a descheduled thread; with
+2**20-output blocks 60 s of 192000 -> 8000 took 37 s at load 10 instead of 2 s in one call.
+2**22, bounded below by the unfold budget, keeps both the cache benefit and few calls."""
 
 
 def apply_kernel(
@@ -53,14 +62,15 @@ def apply_kernel(
     input_rate: int,
     output_rate: int,
     *,
-    block_elements: int = BLOCK_ELEMENTS,
+    block_frames: int | None = None,
 ) -> torch.Tensor:
     """Resample `waveform` (..., samples) with a (phases, taps) kernel.
 
     The kernel must have the shape `kernel_geometry(input_rate, output_rate)` gives; it is cast
     to the waveform's dtype and device (differentiably). Returns (..., ceil(samples *
     output_rate / input_rate)) in the waveform's dtype. Autograd flows to both the waveform and
-    the kernel.
+    the kernel. `block_frames` overrides the number of frames (periods) per convolution call;
+    by default it follows `UNFOLD_BUDGET` and `OUTPUT_BUDGET`.
     """
     geometry = kernel_geometry(input_rate, output_rate)
     if not isinstance(waveform, torch.Tensor) or not waveform.is_floating_point():
@@ -78,8 +88,8 @@ def apply_kernel(
             f"a {input_rate} -> {output_rate} Hz kernel must be shaped (phases, taps) = "
             f"{expected}, got {tuple(kernel.shape)}"
         )
-    if block_elements < 1:
-        raise ValueError("block_elements must be positive")
+    if block_frames is not None and block_frames < 1:
+        raise ValueError("block_frames must be positive")
 
     leading = waveform.shape[:-1]
     input_length = waveform.shape[-1]
@@ -93,7 +103,10 @@ def apply_kernel(
     weight = kernel.to(dtype=waveform.dtype, device=waveform.device).unsqueeze(1)
     padded = F.pad(flat, (geometry.width, geometry.width + stride)).unsqueeze(1)
     frames = -(-target // phases)  # frames that contribute at least one kept sample
-    block = max(1, block_elements // (batch * max(taps, phases)))
+    if block_frames is None:
+        block_frames = max(1, min(UNFOLD_BUDGET // (batch * taps),
+                                  OUTPUT_BUDGET // (batch * phases)))
+    block = block_frames
 
     if frames <= block:
         used = padded[..., : (frames - 1) * stride + taps]
