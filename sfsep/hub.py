@@ -248,7 +248,7 @@ def check_file(path: Path, source, *, rehash: bool = False) -> Check:
     if record is not None and checksum_matches(record["sha256"], source.sha256):
         return Check(path, True, record["sha256"])
     previous = None
-    if rehash and not source.sha256:
+    if not source.sha256:  # no published digest: the one recorded at download time stands in
         try:
             previous = json.loads(_record_file(path).read_text()).get("sha256")
         except (OSError, ValueError):

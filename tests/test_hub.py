@@ -137,6 +137,17 @@ def test_corrupted_cached_file_is_reported_and_downloaded_again(server, cache):
     assert any("fails its check" in message for message in messages)
 
 
+def test_without_a_published_digest_the_recorded_one_guards_the_cache(server, cache):
+    source = WeightsSource(url=server.add("/w/nodigest.ckpt", PAYLOAD))
+    path = hub.ensure(source, progress=False)
+    assert hub.check_file(path, source, rehash=True).ok
+    path.write_bytes(PAYLOAD[:-1] + b"!")
+    assert not hub.check_file(path, source).ok
+    messages: list[str] = []
+    assert hub.ensure(source, progress=False, log=messages.append).read_bytes() == PAYLOAD
+    assert messages and len(server.gets("/w/nodigest.ckpt")) == 2
+
+
 def test_404_and_500_give_clear_errors(server, cache):
     with pytest.raises(WeightsError, match="HTTP 404") as caught:
         hub.ensure(WeightsSource(url=server.url("/w/missing.ckpt")), progress=False)
