@@ -25,6 +25,15 @@ def shared_dir() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run many small ops: one thread avoids OpenMP stalls on a loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     path = shared_dir() / "parity" / "mdx23c_tiny.pt"

@@ -84,7 +84,9 @@ class TfcTdfBlock(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, freq: int, bottleneck: int, norm, act):
         super().__init__()
-        self.tfc1 = nn.Sequential(norm(in_channels), act(), nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False))
+        self.tfc1 = nn.Sequential(
+            norm(in_channels), act(), nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False)
+        )
         self.tdf = nn.Sequential(
             norm(channels),
             act(),
@@ -106,7 +108,9 @@ class TfcTdfBlock(nn.Module):
 class TfcTdf(nn.Module):
     """`num_blocks` TFC-TDF blocks; the first maps in_channels -> channels."""
 
-    def __init__(self, in_channels: int, channels: int, num_blocks: int, freq: int, bottleneck: int, norm, act):
+    def __init__(
+        self, in_channels: int, channels: int, num_blocks: int, freq: int, bottleneck: int, norm, act
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(
             TfcTdfBlock(in_channels if index == 0 else channels, channels, freq, bottleneck, norm, act)
@@ -183,24 +187,32 @@ class MDX23C(nn.Module):
         freq = dim_f // num_subbands
         self.first_conv = nn.Conv2d(dim_c, channels, 1, 1, 0, bias=False)
 
+        def tfc_tdf(in_channels: int, out_channels: int, freq: int) -> TfcTdf:
+            return TfcTdf(
+                in_channels, out_channels, num_blocks_per_scale, freq, bottleneck_factor, norm_layer, act_layer
+            )
+
+        def resample(in_channels: int, out_channels: int, transposed: bool) -> Resample:
+            return Resample(in_channels, out_channels, scale, norm_layer, act_layer, transposed)
+
         self.encoder_blocks = nn.ModuleList()
         for _ in range(num_scales):
             level = _Level()
-            level.tfc_tdf = TfcTdf(channels, channels, num_blocks_per_scale, freq, bottleneck_factor, norm_layer, act_layer)
-            level.downscale = Resample(channels, channels + growth, scale, norm_layer, act_layer, transposed=False)
+            level.tfc_tdf = tfc_tdf(channels, channels, freq)
+            level.downscale = resample(channels, channels + growth, transposed=False)
             self.encoder_blocks.append(level)
             freq //= scale[1]
             channels += growth
 
-        self.bottleneck_block = TfcTdf(channels, channels, num_blocks_per_scale, freq, bottleneck_factor, norm_layer, act_layer)
+        self.bottleneck_block = tfc_tdf(channels, channels, freq)
 
         self.decoder_blocks = nn.ModuleList()
         for _ in range(num_scales):
             level = _Level()
-            level.upscale = Resample(channels, channels - growth, scale, norm_layer, act_layer, transposed=True)
+            level.upscale = resample(channels, channels - growth, transposed=True)
             freq *= scale[1]
             channels -= growth
-            level.tfc_tdf = TfcTdf(2 * channels, channels, num_blocks_per_scale, freq, bottleneck_factor, norm_layer, act_layer)
+            level.tfc_tdf = tfc_tdf(2 * channels, channels, freq)
             self.decoder_blocks.append(level)
 
         self.final_conv = nn.Sequential(
@@ -294,7 +306,9 @@ class MDX23C(nn.Module):
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     section = config.get(name) if isinstance(config, dict) else None
     if not isinstance(section, dict):
-        raise ModelError(f"MDX23C config needs an '{name}' section (the whole MSST YAML: audio, model, training)")
+        raise ModelError(
+            f"MDX23C config needs an '{name}' section (the whole MSST YAML: audio, model, training)"
+        )
     return section
 
 
