@@ -635,21 +635,24 @@ def verify_model(spec) -> list[Check]:
     return results
 
 
+def _owned_folders() -> list[Path]:
+    """The folders sfsep creates in its cache (nothing else there is ever deleted)."""
+    return [weights_dir(), _records_dir()]
+
+
 def cache_files() -> Iterable[Path]:
-    root = cache_dir()
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return sorted(p for folder in _owned_folders() if folder.is_dir() for p in folder.rglob("*") if p.is_file())
 
 
 def clean_cache() -> tuple[int, int]:
-    """Delete sfsep's cache folder (not the Hugging Face cache); returns (files, bytes) removed."""
-    root = cache_dir()
+    """Delete what sfsep put in its cache folder (weights, partial downloads, locks, verification
+    records; not the Hugging Face cache, and no other file that happens to share the folder).
+    Returns (files, bytes) removed."""
     files = list(cache_files())
     size = sum(p.stat().st_size for p in files)
-    for child in (root.iterdir() if root.is_dir() else []):
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    for folder in _owned_folders():
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
     return len(files), size
 
 

@@ -390,8 +390,10 @@ def test_fetch_command_cache_path_and_bag_loading(server, cache, tmp_path, monke
     assert code == 0, err
     assert (cache / "weights" / "tiny_a.th").read_bytes() == (tmp_path / "tiny_a.th").read_bytes()
 
+    (cache / "unrelated.txt").write_text("not sfsep's")  # e.g. SFSEP_CACHE pointed at a shared folder
     code, out, _ = run_cli(["cache", "clean"], capsys)
     assert code == 0 and "removed" in out
-    assert not (cache / "weights").exists()
+    assert not (cache / "weights").exists() and not (cache / "verified").exists()
+    assert (cache / "unrelated.txt").read_text() == "not sfsep's"
     code, _, err = run_cli(["fetch"], capsys)
     assert code == 2
