@@ -52,6 +52,14 @@ def test_plain_and_wrapped_state_dicts(tmp_path, wrapper):
         assert torch.equal(loaded.state[key], state[key])
 
 
+def test_legacy_serialization_format(tmp_path):
+    """demucs v2's tasnet files predate torch's zip format."""
+    state = small_state()
+    torch.save(state, tmp_path / "tasnet-legacy.th", _use_new_zipfile_serialization=False)
+    loaded = checkpoint.load_checkpoint(tmp_path / "tasnet-legacy.th")
+    assert all(torch.equal(loaded.state[key], state[key]) for key in state)
+
+
 def test_training_checkpoint_with_numpy_metrics(tmp_path):
     import numpy as np
 

@@ -164,6 +164,11 @@ def test_msst_configs_become_specs():
         reg.spec_from_config(viperx, name="x", base=base)
     with pytest.raises(UsageError, match="cannot tell"):
         reg.spec_from_config({"model": {"foo": 1}}, name="x")
+    hparams = dict(manifest("bsrnn")["config"], num_layers=6)
+    bsrnn = reg.spec_from_config(hparams, name="x", base=reg.get_spec("bsrnn"))
+    assert bsrnn.config["num_layers"] == 6 and bsrnn.stems == ("vocals",) and bsrnn.weights
+    with pytest.raises(UsageError, match="--model"):
+        reg.spec_from_config(hparams, name="x")
 
 
 def run_cli(args, capsys):
