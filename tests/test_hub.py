@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -214,24 +215,40 @@ def test_google_drive_refusal_is_explained(server, cache, monkeypatch):
 
 
 CONCURRENT = textwrap.dedent("""
-    import sys
+    import sys, time
+    from pathlib import Path
     from sfsep import hub
     from sfsep.registry import WeightsSource
-    path = hub.ensure(WeightsSource(url=sys.argv[1], sha256=sys.argv[2]), progress=False)
-    print(path)
+    url, digest, folder, name = sys.argv[1:5]
+    if len(sys.argv) > 5:  # only to show that the test can fail: no lock at all
+        import contextlib
+        hub.FileLock = lambda path: contextlib.nullcontext()
+    Path(folder, "ready-" + name).touch()
+    while not Path(folder, "go").exists():  # start both downloads at the same moment
+        time.sleep(0.01)
+    print(hub.ensure(WeightsSource(url=url, sha256=digest), progress=False))
 """)
 
 
-def test_two_processes_download_once(server, cache):
+def concurrent_downloads(server, cache, tmp_path, *extra) -> int:
     url = server.add("/w/shared.ckpt", PAYLOAD, delay=0.05)  # ~0.8 s per download: the runs overlap
     env = {**os.environ, "SFSEP_CACHE": str(cache), "PYTHONPATH": str(REPO)}
-    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, url, DIGEST], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [run.communicate(timeout=60) for run in runs]
-    for run, (out, err) in zip(runs, results):
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, url, DIGEST, str(tmp_path), str(n), *extra],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{n}").exists() for n in range(2)):
+        assert time.monotonic() < deadline and all(run.poll() is None for run in runs), "a downloader died"
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    for run in runs:
+        out, err = run.communicate(timeout=60)
         assert run.returncode == 0, err
         assert Path(out.strip()).read_bytes() == PAYLOAD
-    assert len(server.gets("/w/shared.ckpt")) == 1
+    return len(server.gets("/w/shared.ckpt"))
+
+
+def test_two_processes_download_once(server, cache, tmp_path):
+    assert concurrent_downloads(server, cache, tmp_path) == 1
 
 
 HF_SCRIPT = textwrap.dedent("""
