@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-torch.set_num_threads(2)
+# The suite runs in 2 xdist workers on 2 cores: one torch thread each avoids oversubscription stalls.
+torch.set_num_threads(1)
 
 
 def shared_dir() -> Path:
