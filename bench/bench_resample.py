@@ -5,7 +5,9 @@ Part 1 (speed): 180 s of stereo float32 at 8000 -> 44100 Hz and 44100 -> 8000 Hz
 method in turn) after one warm-up each, so a change in machine load hits all methods alike; the
 median of `--repeats` runs is reported, as seconds, input and output samples per second,
 times realtime, and the ratios to "conventional" (target for noisy: <= 1.1). The load average
-is printed before and after, since this machine is shared.
+is printed before and after, since this machine is shared; the ratio of the fastest runs and
+the time of drawing the noisy kernel alone (its only extra work) are printed too, as they
+depend less on the load than the medians.
 For context, torchaudio 2.9.1 functional.resample (Kaiser, width 24) took 0.252 s and 0.108 s
 for the same two cases on this machine at load 1.3 (research notes, section 3).
 
@@ -31,7 +33,7 @@ import time
 
 import torch
 
-from sfsep.resample import kernel_geometry, resample
+from sfsep.resample import kernel_geometry, noisy_kernel, resample
 
 SPEED_PAIRS = [(8000, 44100), (44100, 8000)]
 SPEED_METHODS = ["conventional", "noisy", "noise"]
@@ -79,6 +81,19 @@ def speed(seconds: float, repeats: int) -> None:
                   f"samples/s  out {2 * output_samples / median / 1e6:6.1f} M samples/s  "
                   f"{seconds / median:6.0f} x realtime  ratio to conventional "
                   f"{median / conventional:.3f}")
+        fastest = min(times["conventional"])
+        print(f"  ratio of the fastest runs: noisy/conventional "
+              f"{min(times['noisy']) / fastest:.3f}, noise/conventional "
+              f"{min(times['noise']) / fastest:.3f}")
+        draws = []
+        for _ in range(50):
+            start = time.perf_counter()
+            noisy_kernel(input_rate, output_rate, generator=generator)
+            draws.append(time.perf_counter() - start)
+        draw = statistics.median(draws)
+        print(f"  the noisy kernel's own extra work (draw {geometry.phases}x{geometry.taps} "
+              f"normals and add): median {draw * 1e3:.2f} ms (min {min(draws) * 1e3:.2f} ms) = "
+              f"{100 * draw / conventional:.2f} % of the conventional median")
         print(f"  torchaudio anchor {TORCHAUDIO_SECONDS[(input_rate, output_rate)]:.3f} s "
               f"(quiet machine): conventional / torchaudio = "
               f"{conventional / TORCHAUDIO_SECONDS[(input_rate, output_rate)]:.2f}; {load()}")
