@@ -50,7 +50,7 @@ class Placeholder:
 
 
 def _placeholder(dotted_name: str) -> type:
-    module, _, name = dotted_name.rpartition(".")
+    name = dotted_name.rpartition(".")[2]
     return type(f"Placeholder_{name}", (Placeholder,), {"dotted_name": dotted_name, "__module__": __name__})
 
 

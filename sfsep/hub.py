@@ -319,12 +319,8 @@ def _download_into_cache(source, target: Path, *, progress: bool | None, log: Lo
             log(f"warning: {target} fails its check ({check.problem}); downloading it again")
             target.unlink()
         partial = target.with_name(target.name + ".part")
-        if getattr(source, "gdrive_id", None):
-            opener = _opener()
-            url = _resolve_gdrive(source.gdrive_id, opener)
-        else:
-            opener = _opener()
-            url = source.url
+        opener = _opener()
+        url = _resolve_gdrive(source.gdrive_id, opener) if getattr(source, "gdrive_id", None) else source.url
         _fetch_with_retries(url, partial, opener=opener, label=source.cache_name, expected_size=source.size,
                             progress=progress, model=model)
         size = partial.stat().st_size

@@ -43,10 +43,6 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-def quiet(messages):
-    return messages.append
-
-
 def test_cache_folder_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("SFSEP_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
