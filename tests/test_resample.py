@@ -143,15 +143,17 @@ def test_output_length_is_integer_ceil(pair):
 
 def naive_resample(signal: np.ndarray, input_rate: int, output_rate: int) -> np.ndarray:
     """Direct sum y[m] = sum_i x[i] h(i/input_rate - m/output_rate), from the continuous
-    formulas: cut-off rolloff*min(rate)/2, sinc cut at 24 zero crossings, Kaiser window."""
-    cutoff_hz = ROLLOFF * min(input_rate, output_rate) / 2
+    formulas: cut-off 0.99*min(rate)/2, sinc cut at 24 zero crossings, Kaiser window with
+    torchaudio's default beta (constants written out here, not taken from sfsep)."""
+    rolloff, lowpass_width, beta = 0.99, 24, 14.769656459379492
+    cutoff_hz = rolloff * min(input_rate, output_rate) / 2
     out_length = math.ceil(Fraction(signal.shape[-1] * output_rate, input_rate))
     seconds_in = np.arange(signal.shape[-1]) / input_rate
     seconds_out = np.arange(out_length) / output_rate
     crossings = (seconds_in[None, :] - seconds_out[:, None]) * 2 * cutoff_hz
-    inside = np.abs(crossings) <= LOWPASS_WIDTH
-    clipped = np.clip(crossings, -LOWPASS_WIDTH, LOWPASS_WIDTH)
-    window = np.i0(KAISER_BETA * np.sqrt(1 - (clipped / LOWPASS_WIDTH) ** 2)) / np.i0(KAISER_BETA)
+    inside = np.abs(crossings) <= lowpass_width
+    clipped = np.clip(crossings, -lowpass_width, lowpass_width)
+    window = np.i0(beta * np.sqrt(1 - (clipped / lowpass_width) ** 2)) / np.i0(beta)
     matrix = np.where(inside, np.sinc(clipped) * window, 0.0) * (2 * cutoff_hz / input_rate)
     return signal @ matrix.T
 
@@ -212,6 +214,10 @@ def test_leading_dimensions_and_dtype_are_kept():
 
 
 # --- the hook for learned kernels ------------------------------------------------------------
+
+def test_constants_are_torchaudio_kaiser_24():
+    assert (LOWPASS_WIDTH, ROLLOFF, KAISER_BETA) == (24, 0.99, 14.769656459379492)
+
 
 def test_time_offsets_rebuild_the_conventional_kernel():
     geometry = kernel_geometry(8000, 44100)
@@ -354,6 +360,18 @@ def test_noise_hits_the_snr_exactly_per_signal(oracle, target_db):
     assert abs(snr_db(conventional[0], single) - target_db) < 1e-3
 
 
+def test_noise_level_is_shared_by_the_channels_of_a_signal(oracle):
+    # One scale per (channels, samples) signal: a quiet channel gets as much noise as a loud one.
+    signal = torch.from_numpy(oracle["in_8000"]) * torch.tensor([[1.0], [0.01]])
+    conventional = resample(signal, 8000, 44100)
+    added = resample(signal, 8000, 44100, "noise", generator=torch.Generator().manual_seed(4))
+    added = added - conventional
+    per_channel = added.double().pow(2).sum(dim=-1)
+    assert abs(per_channel[0] / per_channel[1] - 1) < 0.05
+    assert abs(snr_db(conventional, conventional + added) - 20.0) < 1e-3
+    assert snr_db(conventional[1], conventional[1] + added[1]) < -15
+
+
 def test_noise_default_is_20_db_and_reproducible(oracle):
     signal = torch.from_numpy(oracle["in_8000"])
     first = resample(signal, 8000, 44100, "noise", generator=torch.Generator().manual_seed(2))
@@ -361,6 +379,13 @@ def test_noise_default_is_20_db_and_reproducible(oracle):
     other = resample(signal, 8000, 44100, "noise", generator=torch.Generator().manual_seed(3))
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert abs(snr_db(resample(signal, 8000, 44100), first) - 20.0) < 1e-3
+
+
+def test_noise_on_long_half_precision_signals_does_not_overflow():
+    signal = torch.ones(2, 40000, dtype=torch.float16)  # energy far above float16's range
+    out = resample(signal, 8000, 16000, "noise", generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert abs(snr_db(resample(signal, 8000, 16000), out) - 20.0) < 0.05
 
 
 def test_noise_leaves_silence_silent():

@@ -140,8 +140,12 @@ def _add_noise_at_snr(signal: torch.Tensor, snr_db: float,
     per_signal = (-1, signal.shape[-2] * signal.shape[-1]) if signal.dim() >= 2 else (1, -1)
     # torch's blocked (cascade) reductions keep float32 energies within ~1e-6 relative, far
     # below the 2e-4 that a 1e-3 dB error would take; the ratio is then formed in float64.
-    signal_energy = torch.linalg.vector_norm(signal.reshape(per_signal), dim=1).double() ** 2
-    noise_energy = torch.linalg.vector_norm(noise.reshape(per_signal), dim=1).double() ** 2
+    # Half-precision signals are summed in float32 (their energy would overflow float16).
+    accumulate = torch.float64 if signal.dtype == torch.float64 else torch.float32
+    signal_energy = torch.linalg.vector_norm(
+        signal.reshape(per_signal), dim=1, dtype=accumulate).double() ** 2
+    noise_energy = torch.linalg.vector_norm(
+        noise.reshape(per_signal), dim=1, dtype=accumulate).double() ** 2
     target_ratio = 10.0 ** (snr_db / 10.0)
     scale = torch.sqrt(signal_energy / (noise_energy.clamp_min(1e-300) * target_ratio))
     scale_shape = signal.shape[:-2] + (1, 1) if signal.dim() >= 2 else (1,)
