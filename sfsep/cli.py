@@ -98,6 +98,9 @@ BatchOpt = typer.Option(None, "--batch-size", help="Chunks per batch (default: t
 DeviceOpt = typer.Option(os.environ.get("SFSEP_DEVICE", "auto"), "--device", "-d", help="auto | cpu | cuda | cuda:N | mps.")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast; fp16 on CUDA only).")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON summary instead of text.")
+GateOpt = typer.Option(None, "--gate-db",
+                       help="Silence a stem in 50-ms windows where it is more than this many dB below the mixture "
+                            "(e.g. -40); off by default.")
 OfflineOpt = typer.Option(False, "--offline", help="Never use the network: weights must be cached (also SFSEP_OFFLINE=1).")
 WeightsOpt = typer.Option(None, "--weights", help="Run a local checkpoint file instead of the model's published weights.")
 ConfigOpt = typer.Option(None, "--config",
@@ -121,7 +124,7 @@ def _model_and_config(model: Optional[str], config: Optional[Path], weights: Opt
     return get_spec(model or DEFAULT_MODEL), config
 
 
-def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision):
+def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db=None):
     from .pipeline import Settings
     from .resample import METHODS
 
@@ -132,7 +135,7 @@ def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, d
     if chunk_seconds is not None and chunk_seconds <= 0:
         raise UsageError(f"--chunk-seconds {chunk_seconds}: must be positive")
     return Settings(resampler=resampler, sigma=sigma, snr_db=snr, seed=seed, chunk_seconds=chunk_seconds,
-                    overlap=overlap, batch_size=batch_size, device=device, precision=precision)
+                    overlap=overlap, batch_size=batch_size, device=device, precision=precision, gate_db=gate_db)
 
 
 def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name):
@@ -209,12 +212,13 @@ def separate(
     offline: bool = OfflineOpt,
     weights: Optional[Path] = WeightsOpt,
     config: Optional[Path] = ConfigOpt,
+    gate_db: Optional[float] = GateOpt,
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
     from .pipeline import describe, load_separator, separate_file
     from .registry import DEFAULT_MODEL, get_spec
 
-    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision)
+    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db)
     spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
     separator = load_separator(spec, device=settings.device, weights=weights, offline=offline, config=config)
@@ -265,6 +269,7 @@ def batch(
     offline: bool = OfflineOpt,
     weights: Optional[Path] = WeightsOpt,
     config: Optional[Path] = ConfigOpt,
+    gate_db: Optional[float] = GateOpt,
 ) -> None:
     """Separate every audio file in a folder; a failing file is reported and the batch goes on."""
     import torch
@@ -281,7 +286,7 @@ def batch(
         raise UsageError("--skip-existing and --overwrite contradict each other; pick one")
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1")
-    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision)
+    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db)
     spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
     files = _audio_files(folder, recursive)

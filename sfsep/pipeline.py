@@ -23,6 +23,7 @@ from . import audio as audio_io
 from .errors import AudioError, ModelError, ResampleError, UsageError
 from .inference import ProgressCallback, demix, resolve_device
 from .models import build_model
+from .postprocess import energy_gate
 from .registry import ModelSpec, get_spec
 from .resample import choose_strategy, resample
 
@@ -40,6 +41,7 @@ class Settings:
     batch_size: int | None = None
     device: str = "auto"
     precision: str = "fp32"
+    gate_db: float | None = None  # energy gate threshold (dB relative to the mixture); None = off
 
 
 @dataclass
@@ -254,6 +256,8 @@ def separate(
         back = back[..., :length]
         if back.shape[-1] < length:
             back = torch.nn.functional.pad(back, (0, length - back.shape[-1]))
+        if settings.gate_db is not None:
+            back = energy_gate(back, mix, rate, settings.gate_db)
         result[name] = back.mean(0, keepdim=True) if channels == 1 else back
     return Separation(result, rate, model_rate, strategy, reason, notes)
 

@@ -182,3 +182,13 @@ def test_console_script_and_readme_demo(tmp_path):
     assert sf.info(tmp_path / "classic" / "demo_8k" / "vocals.wav").samplerate == 8000
     bad = subprocess.run([str(script), str(tmp_path / "none.wav")], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_gate_db_option_silences_quiet_stem_windows(run_cli, wav_file, tmp_path):
+    song = wav_file("song.wav", rate=8000, seconds=1.0)
+    plain = run_cli(song, "--out", tmp_path / "plain")
+    gated = run_cli(song, "--out", tmp_path / "gated", "--gate-db", "0")  # 0 dB: only stems louder than the mix
+    assert plain.code == 0 and gated.code == 0, gated
+    zeros_plain = (sf.read(tmp_path / "plain" / "classic" / "song" / "bass.wav")[0] == 0).mean()
+    zeros_gated = (sf.read(tmp_path / "gated" / "classic" / "song" / "bass.wav")[0] == 0).mean()
+    assert zeros_gated > zeros_plain + 0.5
