@@ -36,8 +36,8 @@ DC gain of (very nearly) 1, whatever the ratio.
 
 The sinc never ends, so it is cut to ``lowpass_width`` zero crossings on each side (24, i.e. 48
 in all) and tapered by a Kaiser window w(t) = I0(beta sqrt(1 - (t/L)^2)) / I0(beta), L the
-lowpass width, which falls to almost nothing at |t| = L. Times beyond that are clamped to +-L,
-where both the window and the sinc are (numerically) zero, so those taps carry no weight.
+lowpass width, which falls from 1 at the centre to 1/I0(beta) ~ 4e-6 at |t| = L. Times beyond
+that are clamped to +-L, where the sinc is zero (to rounding), so those taps carry no weight.
 
 How many input samples does the kernel need? L zero crossings are L / cutoff periods, i.e.
 L * o / cutoff input samples, rounded up::
