@@ -109,18 +109,25 @@ def _short(exc: Exception) -> str:
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
 
 
+def check_input(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 2) -> AudioInfo:
+    """The checks that need no decoding (exists, is audio, complete, not empty, channel count),
+    so that a batch of bad inputs is reported before any model is loaded."""
+    info = inspect(path)
+    if info.channels > max_channels and not downmix:
+        raise AudioError(
+            f"{info.path}: has {info.channels} channels; sfsep separates mono or stereo "
+            f"(add --downmix to fold it to stereo)"
+        )
+    return info
+
+
 def read(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 2) -> tuple[torch.Tensor, int]:
     """Decode a file to float32 (channels, samples) and its rate.
 
     More than `max_channels` channels is an error unless `downmix`, which averages them to stereo
     (odd channels to the left, even to the right, as a plain fold-down).
     """
-    info = inspect(path)
-    path = info.path
-    if info.channels > max_channels and not downmix:
-        raise AudioError(
-            f"{path}: has {info.channels} channels; sfsep separates mono or stereo (add --downmix to fold it to stereo)"
-        )
+    path = check_input(path, downmix=downmix, max_channels=max_channels).path
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:

@@ -98,6 +98,8 @@ BatchOpt = typer.Option(None, "--batch-size", help="Chunks per batch (default: t
 DeviceOpt = typer.Option(os.environ.get("SFSEP_DEVICE", "auto"), "--device", "-d", help="auto | cpu | cuda | cuda:N | mps.")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast; fp16 on CUDA only).")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON summary instead of text.")
+ShiftsOpt = typer.Option(0, "--shifts", help="Average over N random time shifts of the input (demucs' option; "
+                                            "N times slower). Use --seed to reproduce.")
 GateOpt = typer.Option(None, "--gate-db",
                        help="Silence a stem in 50-ms windows where it is more than this many dB below the mixture "
                             "(e.g. -40); off by default.")
@@ -124,7 +126,21 @@ def _model_and_config(model: Optional[str], config: Optional[Path], weights: Opt
     return get_spec(model or DEFAULT_MODEL), config
 
 
-def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db=None):
+def _load_separator(spec, model_given: bool, **options):
+    """load_separator, saying so when the default model is what lacks its weights."""
+    from .errors import WeightsError
+    from .pipeline import load_separator
+
+    try:
+        return load_separator(spec, **options)
+    except WeightsError as exc:
+        if model_given:
+            raise
+        raise WeightsError(f"{exc} ({spec.name} is the default model; pass --model to choose another)") from exc
+
+
+def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db=None,
+              shifts=0):
     from .pipeline import Settings
     from .resample import METHODS
 
@@ -132,10 +148,13 @@ def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, d
         raise UsageError(f"--resampler {resampler}: use auto or one of {', '.join(METHODS)}")
     if sigma < 0:
         raise UsageError(f"--sigma {sigma}: must not be negative")
+    if shifts < 0:
+        raise UsageError(f"--shifts {shifts}: must not be negative")
     if chunk_seconds is not None and chunk_seconds <= 0:
         raise UsageError(f"--chunk-seconds {chunk_seconds}: must be positive")
     return Settings(resampler=resampler, sigma=sigma, snr_db=snr, seed=seed, chunk_seconds=chunk_seconds,
-                    overlap=overlap, batch_size=batch_size, device=device, precision=precision, gate_db=gate_db)
+                    overlap=overlap, batch_size=batch_size, device=device, precision=precision, gate_db=gate_db,
+                    shifts=shifts)
 
 
 def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name):
@@ -213,15 +232,22 @@ def separate(
     weights: Optional[Path] = WeightsOpt,
     config: Optional[Path] = ConfigOpt,
     gate_db: Optional[float] = GateOpt,
+    shifts: int = ShiftsOpt,
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
-    from .pipeline import describe, load_separator, separate_file
+    from .pipeline import describe, separate_file
     from .registry import DEFAULT_MODEL, get_spec
 
-    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db)
+    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
+                         shifts)
     spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
-    separator = load_separator(spec, device=settings.device, weights=weights, offline=offline, config=config)
+    from .audio import check_input
+
+    for path in files:  # a bad file is reported before any model is loaded or downloaded
+        check_input(path, downmix=downmix)
+    separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
+                                weights=weights, offline=offline, config=config)
     console, err = _stdout(), _stderr()
     summaries = []
     with _chunk_progress(err, enabled=not as_json) as progress:
@@ -270,12 +296,13 @@ def batch(
     weights: Optional[Path] = WeightsOpt,
     config: Optional[Path] = ConfigOpt,
     gate_db: Optional[float] = GateOpt,
+    shifts: int = ShiftsOpt,
 ) -> None:
     """Separate every audio file in a folder; a failing file is reported and the batch goes on."""
     import torch
 
     from .errors import AudioError
-    from .pipeline import load_separator, separate_file
+    from .pipeline import separate_file
     from .registry import DEFAULT_MODEL, get_spec
 
     if not folder.exists():
@@ -286,13 +313,15 @@ def batch(
         raise UsageError("--skip-existing and --overwrite contradict each other; pick one")
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1")
-    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db)
+    settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
+                         shifts)
     spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
     files = _audio_files(folder, recursive)
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
-    separator = load_separator(spec, device=settings.device, weights=weights, offline=offline, config=config)
+    separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
+                                weights=weights, offline=offline, config=config)
     console, err = _stdout(), _stderr()
     if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))

@@ -42,6 +42,7 @@ class Settings:
     device: str = "auto"
     precision: str = "fp32"
     gate_db: float | None = None  # energy gate threshold (dB relative to the mixture); None = off
+    shifts: int = 0  # random time shifts averaged (demucs' --shifts); 0 = none
 
 
 @dataclass
@@ -88,26 +89,52 @@ class Separator:
         return self._modules_by_rate[key]
 
     def run(self, mix: torch.Tensor, model_rate: int, settings: Settings,
-            progress: ProgressCallback | None = None) -> torch.Tensor:
-        """Stems (S, C, T) of a mixture (C, T) that is already at `model_rate`."""
+            progress: ProgressCallback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stems (S, C, T) of a mixture (C, T) that is already at `model_rate`.
+
+        Chunking follows the model's spec unless --chunk-seconds/--overlap override it; with
+        `settings.shifts` the whole run is averaged over random time shifts (demucs' trick),
+        drawn from `generator`."""
         spec = self.spec
+        modules = self.modules(model_rate)
+        batch_size = settings.batch_size or spec.batch_size
+        if spec.chunk_style == "bsrnn":
+            return self._run_bsrnn(modules, mix, settings, batch_size, progress)
         chunk_size = spec.chunk_size
         style = spec.chunk_style
         overlap = spec.overlap if settings.overlap is None else settings.overlap
         if settings.chunk_seconds is not None:
             chunk_size = max(1, round(settings.chunk_seconds * model_rate))
-            if style in ("msst", "msst_demucs") and settings.overlap is not None:
-                style = "fade"  # a fractional --overlap means sfsep's own cross-fade
-        elif settings.overlap is not None and style in ("msst", "msst_demucs") and overlap < 1:
-            style = "fade"
-        batch_size = settings.batch_size or spec.batch_size
-        outputs = []
-        modules = self.modules(model_rate)
-        for module in modules:
-            outputs.append(demix(module, mix, chunk_size=chunk_size, overlap=overlap, style=style,
-                                 batch_size=batch_size, device=self.device, precision=settings.precision,
-                                 progress=progress))
-        return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
+        if style in ("msst", "msst_demucs") and settings.overlap is not None:
+            style = "fade"  # a fractional --overlap means sfsep's own cross-fade
+        padded_length = spec.extra.get("padded_length") if style == "demucs" else None
+        if padded_length is not None and chunk_size is not None and chunk_size > padded_length:
+            raise UsageError(f"--chunk-seconds: model '{spec.name}' takes at most "
+                             f"{padded_length / model_rate:.2f} s per chunk")
+
+        def run_once(signal: torch.Tensor) -> torch.Tensor:
+            outputs = [demix(module, signal, chunk_size=chunk_size, overlap=overlap, style=style,
+                             batch_size=batch_size, device=self.device, precision=settings.precision,
+                             padded_length=padded_length, progress=progress) for module in modules]
+            return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
+
+        if settings.shifts > 0:
+            from .models.demucs import apply_shifts
+
+            return apply_shifts(run_once, mix, settings.shifts, model_rate // 2, generator)
+        return run_once(mix)
+
+    def _run_bsrnn(self, modules, mix, settings, batch_size, progress):
+        """BSRNN runs with its reference separator (fixed 263-frame chunks every ~0.54 s)."""
+        from .inference import autocast_context
+        from .models.bsrnn import separate_waveform
+
+        if settings.chunk_seconds is not None or settings.overlap is not None or settings.shifts:
+            raise UsageError(f"model '{self.spec.name}' runs with its reference chunking; "
+                             f"--chunk-seconds, --overlap and --shifts do not apply to it")
+        with torch.inference_mode(), autocast_context(self.device, settings.precision):
+            return separate_waveform(modules[0], mix, batch_size=batch_size, device=self.device,
+                                     progress=progress).float().cpu()
 
 
 class _WeightedBag(torch.nn.Module):
@@ -195,11 +222,17 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
     return Separator(spec, device=device, modules=modules)
 
 
-def _normalize(mix: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    mono = mix.mean(0)
-    mean, std = mono.mean(), mono.std()
-    std = std if std > 0 else torch.tensor(1.0)
-    return (mix - mean) / std, lambda stems: stems * std + mean
+def _normalize(mix: torch.Tensor, kind: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Standardize the mixture by its mono mix as the model's reference does; returns the
+    normalized mixture and the function that maps stems back."""
+    if kind == "msst":
+        from .models.scnet import normalize_mixture
+
+        return normalize_mixture(mix)
+    from .models.demucs import denormalize, normalize_by_mixture
+
+    normalized, mean, scale = normalize_by_mixture(mix, eps=1e-8 if kind == "demucs" else 0.0)
+    return normalized, lambda stems: denormalize(stems, mean, scale)
 
 
 def separate(
@@ -232,13 +265,13 @@ def separate(
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
     at_model_rate = resample(mix, rate, model_rate, strategy, sigma=settings.sigma, snr_db=settings.snr_db,
                              generator=generator)
+    model_input = at_model_rate
     restore = None
     if spec.normalize:
-        at_model_rate, restore = _normalize(at_model_rate)
-    stems = separator.run(at_model_rate, model_rate, settings, progress)
+        model_input, restore = _normalize(at_model_rate, spec.normalize)
+    stems = separator.run(model_input, model_rate, settings, progress, generator)
     if restore is not None:
         stems = restore(stems)
-        at_model_rate = restore(at_model_rate)
 
     names = list(spec.stems)
     notes: list[str] = []

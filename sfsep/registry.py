@@ -24,8 +24,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from .errors import ModelError, UsageError
 
-DEFAULT_MODEL = "classic"
-"""The model `sfsep FILE` uses when --model is not given (the one that works offline)."""
+DEFAULT_MODEL = "htdemucs"
+"""The model `sfsep FILE` uses when --model is not given: demucs' own default, what its users
+expect. Without its weights (offline, no network) the error suggests --model classic."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class ModelSpec:
     overlap: float = 0.25
     chunk_style: str = "fade"
     batch_size: int = 1
-    normalize: bool = False
+    normalize: str | None = None  # None, or how: "msst" (population std), "demucs" (std + 1e-8), "demucs_v2" (std)
     description: str = ""
     license: str = ""
     citation: str = ""
@@ -113,6 +114,21 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
     return tuple(sources)
 
 
+NORMALIZATIONS = ("msst", "demucs", "demucs_v2")
+
+
+def _normalize_kind(name: str, value: Any) -> str | None:
+    """models.toml's `normalize`: false, or the reference's way of standardizing the mixture
+    (true means "msst")."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "msst"
+    if value in NORMALIZATIONS:
+        return value
+    raise ModelError(f"models.toml: model '{name}': normalize must be false or one of {', '.join(NORMALIZATIONS)}")
+
+
 def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
     """Build a ModelSpec from one [models.NAME] table (unknown keys go to `extra`)."""
     try:
@@ -131,7 +147,7 @@ def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
         overlap=table.get("overlap", 0.25),
         chunk_style=table.get("chunk_style", "fade"),
         batch_size=table.get("batch_size", 1),
-        normalize=table.get("normalize", False),
+        normalize=_normalize_kind(name, table.get("normalize", False)),
         description=table.get("description", ""),
         license=table.get("license", ""),
         citation=table.get("citation", ""),
@@ -281,6 +297,6 @@ def spec_from_config(config: dict[str, Any], *, name: str, base: ModelSpec | Non
         overlap=int(overlap),
         chunk_style=style,
         batch_size=int(inference.get("batch_size") or 1),
-        normalize=bool(inference.get("normalize", False)),
+        normalize="msst" if inference.get("normalize", False) else None,
         extra=extra,
     )

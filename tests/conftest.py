@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import ipaddress
+import socket
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -12,6 +15,39 @@ import torch
 
 # The suite runs in 2 xdist workers on 2 cores: one torch thread each avoids oversubscription stalls.
 torch.set_num_threads(1)
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _loopback_only(address) -> None:
+    host = address[0] if isinstance(address, tuple) else None
+    if host is None:  # unix sockets
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConnectionRefusedError(f"tests may only connect to loopback addresses, not {host}")
+
+
+@pytest.fixture(autouse=True)
+def _no_network_but_loopback(monkeypatch):
+    """The tests run offline: any connection to a non-loopback address is refused at once
+    (a test that forgets --model/--offline fails fast instead of reaching a real host)."""
+
+    def connect(self, address):
+        _loopback_only(address)
+        return _real_connect(self, address)
+
+    def connect_ex(self, address):
+        _loopback_only(address)
+        return _real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
 def shared_dir() -> Path:

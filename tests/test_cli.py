@@ -40,7 +40,7 @@ def test_separate_writes_stems_at_input_rate(run_cli, wav_file, tmp_path):
 
 def test_default_command_and_subcommands_resolve(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav")
-    result = run_cli(song, "--out", tmp_path / "o")  # no sub-command: separate
+    result = run_cli(song, "-n", "classic", "--out", tmp_path / "o")  # no sub-command: separate
     assert result.code == 0, result
     assert (tmp_path / "o" / "classic" / "song" / "vocals.wav").exists()
     result = run_cli("--model", "nmf", song, "--out", tmp_path / "o")  # options first
@@ -55,7 +55,7 @@ def test_default_command_and_subcommands_resolve(run_cli, wav_file, tmp_path):
 def test_flac_24_bit_custom_filename_mono(run_cli, wav_file, tmp_path):
     song = wav_file("voice.wav", rate=16000, channels=1)
     out = tmp_path / "stems"
-    result = run_cli("separate", song, "--out", out, "--format", "flac", "--bits", "24",
+    result = run_cli("separate", song, "-n", "classic", "--out", out, "--format", "flac", "--bits", "24",
                      "--filename", "{track}-{stem}.{ext}")
     assert result.code == 0, result
     info = sf.info(out / "classic" / "voice-vocals.flac")
@@ -65,20 +65,20 @@ def test_flac_24_bit_custom_filename_mono(run_cli, wav_file, tmp_path):
 def test_existing_output_is_skipped_with_a_note_then_overwritten(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav")
     out = tmp_path / "o"
-    assert run_cli(song, "--out", out).code == 0
+    assert run_cli(song, "--model", "classic", "--out", out).code == 0
     target = out / "classic" / "song" / "vocals.wav"
     before = target.stat().st_mtime_ns
-    again = run_cli(song, "--out", out)
+    again = run_cli(song, "--model", "classic", "--out", out)
     assert again.code == 0 and "skipped" in again.err and "--overwrite" in again.err
     assert target.stat().st_mtime_ns == before
-    assert run_cli(song, "--out", out, "--overwrite").code == 0
+    assert run_cli(song, "--model", "classic", "--out", out, "--overwrite").code == 0
     assert target.stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("rate", [4000, 192000])
 def test_extreme_rates_work(run_cli, wav_file, tmp_path, rate):
     song = wav_file(f"r{rate}.wav", rate=rate, seconds=0.5)
-    result = run_cli(song, "--out", tmp_path / "o")
+    result = run_cli(song, "--model", "classic", "--out", tmp_path / "o")
     assert result.code == 0, result
     assert sf.info(tmp_path / "o" / "classic" / f"r{rate}" / "drums.wav").samplerate == rate
 
@@ -102,12 +102,12 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(run_cli, wav_file, tm
     data = np.zeros((4000, 2), np.float32)
     data[100, 1] = np.nan
     nan_file = wav_file("nan.wav", data=data, subtype="FLOAT")
-    _one_line_error(run_cli(nan_file, "--out", out), "nan.wav", "NaN")
+    _one_line_error(run_cli(nan_file, "-n", "classic", "--out", out), "nan.wav", "NaN")  # found when decoding
     six = wav_file("six.wav", channels=6)
     _one_line_error(run_cli(six, "--out", out), "six.wav", "--downmix")
     _one_line_error(run_cli(whole, "--out", out, "--model", "nope"), "unknown model 'nope'", "classic", "nmf")
     assert _files_below(out) == []
-    assert run_cli(six, "--out", out, "--downmix").code == 0
+    assert run_cli(six, "--model", "classic", "--out", out, "--downmix").code == 0
     assert sf.info(out / "classic" / "six" / "vocals.wav").channels == 2
 
 
@@ -115,7 +115,7 @@ def test_unwritable_output_folder(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    _one_line_error(run_cli(song, "--out", blocker / "sub"), "cannot be written")
+    _one_line_error(run_cli(song, "--model", "classic", "--out", blocker / "sub"), "cannot be written")
 
 
 def test_usage_errors_exit_2(run_cli, wav_file, tmp_path):
@@ -135,21 +135,21 @@ def test_batch_reports_failures_and_keeps_going(run_cli, wav_file, tmp_path):
     (music / "broken.wav").write_text("not audio")
     (music / "notes.txt").write_text("ignored: not an audio extension")
     out = tmp_path / "out"
-    result = run_cli("batch", music, "-R", "--out", out, "--jobs", "2")
+    result = run_cli("batch", music, "-R", "--model", "classic", "--out", out, "--jobs", "2")
     assert result.code == 1, result
     assert "broken.wav" in result.err
     assert "2 done, 0 skipped, 1 failed" in result.out
     assert (out / "classic" / "a" / "vocals.wav").exists()
     assert sf.info(out / "classic" / "sub" / "b" / "vocals.wav").samplerate == 16000
     (music / "broken.wav").unlink()
-    again = run_cli("batch", music, "-R", "--out", out, "--skip-existing", "--resampler", "noisy")
+    again = run_cli("batch", music, "-R", "--model", "classic", "--out", out, "--skip-existing", "--resampler", "noisy")
     assert again.code == 0, again
     assert "0 done, 2 skipped, 0 failed" in again.out
 
 
 def test_batch_without_recursion_and_bad_folder(run_cli, wav_file, tmp_path):
     wav_file("music/sub/b.wav")
-    _one_line_error(run_cli("batch", tmp_path / "music", "--out", tmp_path / "o"), "no audio files", "-R")
+    _one_line_error(run_cli("batch", tmp_path / "music", "-n", "classic", "--out", tmp_path / "o"), "no audio files", "-R")
     _one_line_error(run_cli("batch", tmp_path / "nothing"), "no such folder")
 
 
@@ -160,7 +160,10 @@ def test_info_reports_rate_bandwidth_and_strategy(run_cli, wav_file, tmp_path):
     record = json.loads(result.out)[0]
     assert record["rate"] == 22050 and record["channels"] == 2 and record["duration_s"] == 1.0
     assert 0 < record["bandwidth_hz"] <= 11025
-    assert record["resampler"] == "none"  # classic runs at any rate
+    # the default model (htdemucs) is trained at 44.1 kHz: a 22.05 kHz input is upsampled noisily
+    assert record["model"] == "htdemucs" and record["model_rate"] == 44100 and record["resampler"] == "noisy"
+    classic = json.loads(run_cli("info", song, "--model", "classic", "--json").out)[0]
+    assert classic["resampler"] == "none"  # classic runs at any rate
     text = run_cli("info", song)
     assert "bandwidth" in text.out and "22050 Hz" in text.out
 
@@ -186,9 +189,28 @@ def test_console_script_and_readme_demo(tmp_path):
 
 def test_gate_db_option_silences_quiet_stem_windows(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav", rate=8000, seconds=1.0)
-    plain = run_cli(song, "--out", tmp_path / "plain")
-    gated = run_cli(song, "--out", tmp_path / "gated", "--gate-db", "0")  # 0 dB: only stems louder than the mix
+    plain = run_cli(song, "-n", "classic", "--out", tmp_path / "plain")
+    gated = run_cli(song, "-n", "classic", "--out", tmp_path / "gated", "--gate-db", "0")  # 0 dB: only stems louder than the mix
     assert plain.code == 0 and gated.code == 0, gated
     zeros_plain = (sf.read(tmp_path / "plain" / "classic" / "song" / "bass.wav")[0] == 0).mean()
     zeros_gated = (sf.read(tmp_path / "gated" / "classic" / "song" / "bass.wav")[0] == 0).mean()
     assert zeros_gated > zeros_plain + 0.5
+
+
+def test_default_model_is_htdemucs_and_its_missing_weights_suggest_classic(run_cli, wav_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    song = wav_file("song.wav")
+    result = run_cli(song, "--offline", "--out", tmp_path / "o")
+    _one_line_error(result, "htdemucs", "not cached", "sfsep fetch htdemucs", "--model classic", "default model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_file_reported_before_any_model_is_loaded(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    # htdemucs has no weights here: the missing file must be what the user hears about
+    _one_line_error(run_cli(tmp_path / "gone.wav", "--offline"), "gone.wav", "no such file")
+
+
+def test_shifts_option_validation(run_cli, wav_file, tmp_path):
+    song = wav_file("song.wav")
+    assert run_cli(song, "-n", "classic", "--shifts", "-1", "--out", tmp_path).code == 2
