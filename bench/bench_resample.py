@@ -13,9 +13,11 @@ for the same two cases on this machine at load 1.3 (research notes, section 3).
 
 Part 2 (memory, `--memory`): for rate pairs whose reduced ratio is large, 60 s of stereo is
 resampled in a fresh subprocess each (after a 1-s warm-up call that loads the convolution
-libraries), which reports the peak resident memory the call added on top of its input, next to the size of the output, and the time of one call; in float32
-(oneDNN convolution) and float64 (PyTorch's fallback convolution, which unfolds its input, so
-this is where the blocking by `UNFOLD_BUDGET` matters).
+libraries), which reports the peak resident memory the call added on top of its input (Linux:
+VmHWM after resetting it through /proc/self/clear_refs, minus VmRSS before), next
+to the size of the output, and the time of one call; in float32 (oneDNN convolution) and
+float64 (PyTorch's fallback convolution, which unfolds its input, so this is where the
+blocking by `UNFOLD_BUDGET` matters).
 
     python bench/bench_resample.py [--threads 2] [--seconds 180] [--repeats 5] [--memory]
         [--memory-seconds 60] [--memory-dtypes float32,float64] [--skip-speed]
@@ -100,24 +102,32 @@ def speed(seconds: float, repeats: int) -> None:
 
 
 CHILD = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[4]))
-sys.path.insert(0, sys.argv[5])
 from sfsep.resample import resample
+
+def status_kb(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
 input_rate, output_rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 dtype = getattr(torch, sys.argv[6])
 resample(torch.randn(2, input_rate, dtype=dtype), input_rate, output_rate)  # load libraries
 signal = torch.randn(2, int(seconds * input_rate), dtype=dtype).mul_(0.3)  # no temporaries
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # reset the peak resident set size (VmHWM) to the current one
+before = status_kb("VmRSS")
 start = time.perf_counter()
 output = resample(signal, input_rate, output_rate)
 first = time.perf_counter() - start
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kb("VmHWM")
 start = time.perf_counter()
 resample(signal, input_rate, output_rate)
 second = time.perf_counter() - start
 size = signal.element_size() / 2**20
-print(json.dumps({"peak_added_mb": (after - before) / 1024, "output_mb": output.numel() * size,
+print(json.dumps({"peak_added_mb": (peak - before) / 1024, "output_mb": output.numel() * size,
                   "input_mb": signal.numel() * size, "first_s": first, "second_s": second}))
 """
 

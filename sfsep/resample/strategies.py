@@ -51,7 +51,7 @@ import numbers
 import torch
 
 from sfsep.errors import ResampleError
-from sfsep.resample.kernel import cached_conventional_kernel, check_rate, kernel_geometry
+from sfsep.resample.kernel import cached_conventional_kernel, check_rate
 from sfsep.resample.polyphase import apply_kernel
 
 METHODS = ("conventional", "noisy", "noise", "none")
