@@ -169,8 +169,10 @@ def resample(
         waveform: floating-point tensor, any leading shape, any device; dtype is kept.
         input_rate, output_rate: positive whole numbers of Hz.
         method: one of METHODS (see the module docstring).
-        sigma: kernel noise std for "noisy".
-        snr_db: signal-to-noise ratio for "noise", per (channels, samples) signal.
+        sigma: kernel noise std for "noisy"; one kernel is drawn per call and shared by every
+            row of `waveform` (call once per signal for independent kernels).
+        snr_db: signal-to-noise ratio for "noise", exact for each (channels, samples) signal
+            of the output (the last two axes; a 1-D tensor is one signal).
         generator: torch.Generator for the random strategies; None uses the default RNG.
 
     Returns:
