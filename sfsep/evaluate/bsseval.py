@@ -246,66 +246,83 @@ def _next_fast_len(n: int) -> int:
 
 
 def _cross_correlations(
-    left: torch.Tensor, right: torch.Tensor, max_lag: int, block_fft: int
+    left: torch.Tensor, others: torch.Tensor, max_lag: int, block_fft: int
 ) -> torch.Tensor:
-    """R[p, q, k + max_lag] = sum_m left[p](m) right[q](m + k) for |k| <= max_lag.
+    """R[p, q, k + max_lag] = sum_m left[p](m) right[q](m + k) for |k| <= max_lag, where
+    right = left followed by others.
 
-    left: (P, T), right: (Q, T), both zero outside [0, T). Returns (P, Q, 2*max_lag + 1).
+    left: (P, T), others: (Q - P, T), all zero outside [0, T). Returns (P, Q, 2*max_lag + 1).
     Computed block by block (see the module docstring) so memory does not grow with T.
     """
     num_left, length = left.shape
-    num_right = right.shape[0]
+    num_right = num_left + others.shape[0]
     span = 2 * max_lag
     block = block_fft - span  # samples of `left` per block
     num_blocks = -(-length // block)
-    left_blocks = torch.nn.functional.pad(left, (0, num_blocks * block - length))
-    left_blocks = left_blocks.reshape(num_left, num_blocks, block)
-    # right widened by max_lag on both sides; block b covers right(b*block - max_lag ...)
-    right_padded = torch.nn.functional.pad(
-        right, (max_lag, num_blocks * block - length + max_lag)
-    )
-    right_blocks = right_padded.unfold(-1, block + span, block)  # (Q, num_blocks, block+span)
+    num_bins = block_fft // 2 + 1
+
+    # One time-major copy of every signal, max_lag zeros before and enough after:
+    # buffer[max_lag + m, q] = right[q](m). Blocks are then strided views of it: the wide
+    # block b of `right` starts at row b*block, the block b of `left` at row b*block +
+    # max_lag, and the FFTs along time read them in place (rfft pads `left` blocks to N).
+    total = num_blocks * block + span
+    buffer = left.new_empty(total, num_right)
+    buffer[:max_lag] = 0.0
+    buffer[max_lag : max_lag + length, :num_left] = left.T
+    buffer[max_lag : max_lag + length, num_left:] = others.T
+    buffer[max_lag + length :] = 0.0
+    row = buffer.stride(0)
 
     # Sum over blocks of conj(X_p) Y_q for every pair (p, q) and frequency f, as one real
-    # batched matrix product per group of blocks (batch = frequency): with X = Xr + i Xi,
-    # [Xr Xi]^T [Yr Yi] holds Xr'Yr, Xr'Yi, Xi'Yr, Xi'Yi, and
-    # conj(X)'Y = (Xr'Yr + Xi'Yi) + i (Xr'Yi - Xi'Yr).
-    products = None
-    blocks_per_step = max(1, (1 << 23) // (block_fft * (num_left + num_right)))
+    # batched matrix product per group of blocks (batch = frequency): the real view of the
+    # (F, block, signal) spectra is (F, block, 2 * signal) [re, im interleaved], and
+    # conj(X)^T Y = (Xr'Yr + Xi'Yi) + i (Xr'Yi - Xi'Yr).
+    products = left.new_zeros(num_bins, 2 * num_left, 2 * num_right)
+    blocks_per_step = max(1, (1 << 22) // (block_fft * (num_left + num_right)))
     for first in range(0, num_blocks, blocks_per_step):
-        last = min(num_blocks, first + blocks_per_step)
-        left_spec = torch.fft.rfft(left_blocks[:, first:last], n=block_fft)  # (P, b, F)
-        right_spec = torch.fft.rfft(right_blocks[:, first:last], n=block_fft)  # (Q, b, F)
-        # (contiguous copies: bmm on permuted views is two orders of magnitude slower)
-        left_real = torch.cat([left_spec.real, left_spec.imag]).permute(2, 0, 1).contiguous()
-        right_real = torch.cat([right_spec.real, right_spec.imag]).permute(2, 1, 0).contiguous()
-        step = torch.bmm(left_real, right_real)  # (F, 2P, 2Q)
-        products = step if products is None else products + step
-    real = products[:, :num_left, :num_right] + products[:, num_left:, num_right:]
-    imag = products[:, :num_left, num_right:] - products[:, num_left:, :num_right]
+        count = min(num_blocks, first + blocks_per_step) - first
+        offset = buffer.storage_offset() + first * block * row
+        wide = buffer.as_strided((block_fft, count, num_right), (row, block * row, 1), offset)
+        narrow = buffer.as_strided(
+            (block, count, num_left), (row, block * row, 1), offset + max_lag * row
+        )
+        right_spec = torch.view_as_real(torch.fft.rfft(wide, dim=0))  # (F, b, Q, 2)
+        left_spec = torch.view_as_real(torch.fft.rfft(narrow, n=block_fft, dim=0))
+        products.baddbmm_(
+            left_spec.reshape(num_bins, count, 2 * num_left).transpose(1, 2),
+            right_spec.reshape(num_bins, count, 2 * num_right),
+        )
+    real = products[:, 0::2, 0::2] + products[:, 1::2, 1::2]
+    imag = products[:, 0::2, 1::2] - products[:, 1::2, 0::2]
     spectrum_sum = torch.complex(real, imag).permute(1, 2, 0)  # (P, Q, F)
     # circular correlation c(l) = sum_u x(u) y(u + l); lag k sits at l = k + max_lag
     return torch.fft.irfft(spectrum_sum, n=block_fft)[..., : span + 1]
 
 
-def _solve_regularized(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve (gram + eps I) x = rhs by LU, eps = float64 machine epsilon, as museval does;
-    least squares when the LU solve fails.
+def _solve_regularized(
+    gram: torch.Tensor, rhs: torch.Tensor, try_cholesky: bool = True
+) -> tuple[torch.Tensor, bool]:
+    """Solve (gram + eps I) x = rhs, eps = float64 machine epsilon, as museval does.
 
-    LU rather than Cholesky although gram is positive semi-definite: with tonal or
-    band-limited sources gram is numerically singular (condition numbers of 1e20 occur),
-    Cholesky then breaks down after most of its work, and LU is what museval runs.
-    Batches are solved one matrix at a time: batched LU is broken on CPU in torch 2.13 for
-    matrices of 256 rows and more (MKL "DLASWP" errors, then a pivot RuntimeError).
+    gram is a Gram matrix (symmetric positive semi-definite), so Cholesky is tried first
+    when `try_cholesky` (half the work of LU; only the lower triangle is read). With tonal or
+    band-limited sources gram is numerically singular (condition numbers of 1e20 occur) and
+    Cholesky breaks down; then LU (museval's solver), then least squares if LU fails too.
+    Returns the solution and whether Cholesky succeeded. `gram` is modified (eps added to its
+    diagonal) to avoid a copy of a 4096 x 4096 matrix.
     """
-    if gram.ndim > 2:
-        return torch.stack([_solve_regularized(g, b) for g, b in zip(gram, rhs)])
     eps = torch.finfo(torch.float64).eps
-    regularized = gram + eps * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    solution, info = torch.linalg.solve_ex(regularized, rhs)
+    gram.diagonal().add_(eps)
+    if try_cholesky:
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs, factor), True
+    # (no batched LU: it is broken on CPU in torch 2.13 for 256 rows and more)
+    solution, info = torch.linalg.solve_ex(gram, rhs)
     if int(info) == 0 and bool(torch.isfinite(solution).all()):
-        return solution
-    return torch.linalg.lstsq(gram, rhs).solution
+        return solution, False
+    gram.diagonal().sub_(eps)
+    return torch.linalg.lstsq(gram, rhs).solution, False
 
 
 def _distortion_filters(
@@ -321,38 +338,41 @@ def _distortion_filters(
     lags = filters_len - 1
     block_fft = max(8192, 1 << (8 * lags).bit_length())
     correlations = _cross_correlations(
-        references.reshape(num_signals, length),
-        torch.cat([references, estimates]).reshape(2 * num_signals, length),
-        lags,
-        block_fft,
+        references.reshape(num_signals, length), estimates.reshape(num_signals, length),
+        lags, block_fft,
     )
     ref_ref = correlations[:, :num_signals]  # (P, P, 2L-1), lag k at index k + L-1
     ref_est = correlations[:, num_signals:, lags:]  # (P, P, L), lag a >= 0
 
-    taps = torch.arange(filters_len, device=references.device)
-    lag_index = taps[:, None] - taps[None, :] + lags  # a - b + L-1
-    gram = ref_ref[:, :, lag_index]  # (P, P, L, L) indexed [p, q, a, b]
-    gram = gram.permute(0, 2, 1, 3).reshape(num_signals * filters_len, -1)
-    gram = 0.5 * (gram + gram.T)  # exact symmetry (the two FFT halves differ by rounding)
+    # gram[(p, a), (q, b)] = R_pq(a - b), gathered straight into its (P, L, P, L) layout
+    device = references.device
+    signal = torch.arange(num_signals, device=device)
+    taps = torch.arange(filters_len, device=device)
+    gram = ref_ref[
+        signal[:, None, None, None],
+        signal[None, None, :, None],
+        taps[None, :, None, None] - taps[None, None, None, :] + lags,
+    ].reshape(num_signals * filters_len, num_signals * filters_len)
     rhs = ref_est.permute(0, 2, 1).reshape(num_signals * filters_len, num_signals)
 
-    solution = _solve_regularized(gram, rhs)  # rows (j, c, a), columns (i, d)
-    filters_all = solution.reshape(num_sources, num_channels, filters_len, num_sources, num_channels)
-    filters_all = filters_all.permute(3, 0, 1, 4, 2)  # (i, j, c, d, a)
-
+    # Each source alone first (its diagonal block): cheap, and if one of these blocks is
+    # not numerically positive definite, neither is the whole gram: skip its Cholesky.
     block = num_channels * filters_len
-    gram_own = torch.stack(
-        [gram[j * block : (j + 1) * block, j * block : (j + 1) * block] for j in range(num_sources)]
-    )
-    rhs_own = torch.stack(
-        [
-            rhs[j * block : (j + 1) * block, j * num_channels : (j + 1) * num_channels]
-            for j in range(num_sources)
-        ]
-    )
-    own = _solve_regularized(gram_own, rhs_own)  # (S, C*L, C): rows (c, a), columns d
-    filters_own = own.reshape(num_sources, num_channels, filters_len, num_channels)
+    own_solutions = []
+    all_definite = True
+    for j in range(num_sources):
+        rows = slice(j * block, (j + 1) * block)
+        solution, definite = _solve_regularized(
+            gram[rows, rows].clone(), rhs[rows, j * num_channels : (j + 1) * num_channels]
+        )
+        own_solutions.append(solution)  # (C*L, C): rows (c, a), columns d
+        all_definite = all_definite and definite
+    filters_own = torch.stack(own_solutions).reshape(num_sources, num_channels, filters_len, num_channels)
     filters_own = filters_own.permute(0, 1, 3, 2)  # (j, c, d, a)
+
+    solution, _ = _solve_regularized(gram, rhs, try_cholesky=all_definite)
+    filters_all = solution.reshape(num_sources, num_channels, filters_len, num_sources, num_channels)
+    filters_all = filters_all.permute(3, 0, 1, 4, 2)  # (i, j, c, d, a), rows were (j, c, a)
     return filters_all.contiguous(), filters_own.contiguous()
 
 
@@ -384,15 +404,18 @@ def _framewise_scores(
     for j in range(num_sources):
         rows = slice(j * num_channels, (j + 1) * num_channels)
         own_matrix[:, rows, rows] = own[:, j]
-    # Parseval for a real signal of fft_size samples from its rfft half-spectrum
-    weights = torch.full((num_bins,), 2.0 / fft_size, dtype=torch.float64, device=references.device)
-    weights[0] = 1.0 / fft_size
-    if fft_size % 2 == 0:
-        weights[-1] = 1.0 / fft_size
+    # Parseval for a real signal of N = fft_size samples from its rfft half-spectrum:
+    # energy = sum_f w_f |X_f|^2, w = 1/N at DC (and at N/2 for even N), 2/N elsewhere
+    edges = [0, num_bins - 1] if fft_size % 2 == 0 else [0]
 
-    def energy(spectrum: torch.Tensor) -> torch.Tensor:  # (F, S*C, n) -> (S, n)
-        power = torch.view_as_real(spectrum).square().sum(dim=-1).reshape(num_bins, -1)
-        return (weights @ power).reshape(num_sources, num_channels, -1).sum(dim=1)
+    weights = torch.full((num_bins,), 2.0 / fft_size, dtype=torch.float64, device=references.device)
+    weights[edges] = 1.0 / fft_size
+
+    def energy(spectrum: torch.Tensor) -> torch.Tensor:  # contiguous (F, S*C, n) -> (S, n)
+        # (one elementwise pass and one matrix-vector product on contiguous memory: a
+        # reduction over the frequency and channel axes directly is much slower on CPU)
+        power = torch.view_as_real(spectrum).square().reshape(num_bins, -1)
+        return (weights @ power).reshape(num_sources, num_channels, -1, 2).sum(dim=(1, 3))
 
     # windows as views: (S, C, num_windows, window_len)
     used = (num_windows - 1) * hop + window_len
