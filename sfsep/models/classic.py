@@ -73,12 +73,14 @@ _NMF_DEFAULTS: dict[str, Any] = {
     **_COMMON_DEFAULTS,
     "nmf_components": 32,
     "nmf_bass_components": 4,  # of which this many start (and stay) within the bass band
-    "nmf_iterations": 80,
+    "nmf_iterations": 150,
     "nmf_seed": 0,
     "nmf_block_seconds": 30.0,  # NMF runs on independent blocks of this length
+    "nmf_max_hz": 22050.0,  # the factorisation sees bins up to here; above, see NMFSeparator
+    "nmf_upper_iterations": 30,
     "mask_power": 1.0,  # Wiener mask exponent on the grouped component spectrograms
     "bass_low_share": 0.5,  # component -> bass when this share of its spectrum is below cutoff
-    "drums_flatness": 0.15,  # component -> drums when its spectrum is at least this flat
+    "drums_flatness": 0.1,  # component -> drums when its spectrum is at least this flat
     "vocals_band_share": 0.7,  # component -> vocals when this share lies in the vocal band ...
     "vocals_max_repetition": 0.5,  # ... and its activation repeats less than this
     "nmf_min_period_seconds": 1.0,  # shortest period considered a repetition
@@ -105,6 +107,11 @@ def _read_config(config: dict[str, Any], defaults: dict[str, Any], family: str) 
         )
     merged = {**defaults, **{key: config[key] for key in config if key in defaults}}
     merged["sample_rate"] = int(sample_rate)
+    if not 0 < merged["hop_fraction"] <= 0.5 or merged["window_ms"] * 1e-3 * merged["sample_rate"] < 8:
+        raise ModelError(
+            f"'{family}' config: window_ms={merged['window_ms']} and hop_fraction={merged['hop_fraction']} "
+            "need a window of at least 8 samples and a hop of at most half of it"
+        )
     return merged
 
 
@@ -447,10 +454,11 @@ class ClassicSeparator(_MaskSeparator):
         neighbours = self.repet_neighbours
         distance = self.repet_min_distance
         span = frames if self.repet_window == 0 else min(frames, 2 * self.repet_window + 1)
-        # A block of frames: its similarities to `span` frames (a few copies of them within
-        # block_megabytes) and its k gathered neighbour spectra (about _CHUNK_ELEMENTS each).
-        by_memory = self.block_bytes // (4 * span * magnitude.element_size())
-        block = int(max(1, min(by_memory, max(16, _CHUNK_ELEMENTS // bins))))
+        # A block of frames holds its similarities to `span` frames (with a few temporaries
+        # of that size: within block_megabytes); the medians then go through it in sub-blocks
+        # whose k gathered neighbour spectra are about _CHUNK_ELEMENTS each.
+        block = int(max(1, self.block_bytes // (4 * span * magnitude.element_size())))
+        sub_block = max(16, _CHUNK_ELEMENTS // bins)
         by_frame = magnitude.t().contiguous()  # (frames, bins): neighbour spectra are rows
         # Zero features after the end let every block's columns span whole segments of
         # `distance` frames; picks that land there are marked invalid.
@@ -478,11 +486,13 @@ class ClassicSeparator(_MaskSeparator):
             missing = neighbours - valid.sum(dim=1, keepdim=True)
             rank = torch.arange(neighbours, device=magnitude.device)[None] - (neighbours - missing)
             filler = torch.where(rank < (missing + 1) // 2, -math.inf, math.inf).to(magnitude.dtype)
-            operands = [
-                torch.where(valid[:, slot, None], by_frame[chosen[:, slot]], filler[:, slot, None])
-                for slot in range(neighbours)
-            ]
-            repeating[:, start:stop] = _median_of(operands).t()
+            for first in range(0, stop - start, sub_block):
+                part = slice(first, first + sub_block)
+                operands = [
+                    torch.where(valid[part, slot, None], by_frame[chosen[part, slot]], filler[part, slot, None])
+                    for slot in range(neighbours)
+                ]
+                repeating[:, start + first : min(stop, start + first + sub_block)] = _median_of(operands).t()
         return repeating
 
 
@@ -561,6 +571,12 @@ class NMFSeparator(_MaskSeparator):
     shared with chords. The input is factorised in independent blocks of
     `nmf_block_seconds` (bounded memory, linear time).
 
+    High rates. The factorisation (and the assignment below) sees the bins up to
+    `nmf_max_hz` only; above it (cymbals, air) each component's spectrum is fitted with its
+    activations held fixed, in `nmf_upper_iterations` updates of W alone. This keeps the
+    cost at 96 or 192 kHz close to that at 44.1 kHz and the grouping rule the same at every
+    rate from 44.1 kHz up.
+
     Assignment rule, per component (basis w over bins, activation h over frames):
       - low share   = part of sum(w) below `bass_cutoff_hz`,
       - flatness    = geometric mean / arithmetic mean of w above the cutoff (1 = white
@@ -586,6 +602,10 @@ class NMFSeparator(_MaskSeparator):
         self.block_frames = max(1, int(round(settings["nmf_block_seconds"] / self.spectral.hop_seconds)))
         self.mask_power = float(settings["mask_power"])
         self.bass_components = max(0, int(settings["nmf_bass_components"]))
+        self.factorised_bins = min(
+            self.spectral.n_fft // 2 + 1, int(settings["nmf_max_hz"] / self.spectral.bin_hz) + 1
+        )
+        self.upper_iterations = max(0, int(settings["nmf_upper_iterations"]))
 
     def masks(self, magnitude: torch.Tensor, out: torch.Tensor) -> None:
         for start in range(0, magnitude.shape[1], self.block_frames):
@@ -604,7 +624,8 @@ class NMFSeparator(_MaskSeparator):
         # the bass band, and multiplicative updates never move a zero.
         low_components = min(self.bass_components, self.components)
         if low_components:
-            basis[:, :low_components] *= (self.spectral.bass_band[:, None] > 0).to(basis.device, basis.dtype)
+            in_bass_band = self.spectral.bass_band[:bins, None] > 0
+            basis[:, :low_components] *= in_bass_band.to(basis.device, basis.dtype)
         basis = basis / basis.sum(dim=0, keepdim=True)
         gains = (gains + 0.1).to(magnitude) * scale * bins / self.components
         eps = torch.finfo(magnitude.dtype).eps
@@ -645,9 +666,25 @@ class NMFSeparator(_MaskSeparator):
         stem[is_bass] = 2
         return stem
 
+    def fit_upper_basis(self, magnitude: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+        """Spectra (upper bins, components) of the components over `magnitude` (upper bins,
+        frames), their activations `gains` held fixed (KL multiplicative updates of W only)."""
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        basis = torch.rand(magnitude.shape[0], self.components, generator=generator, dtype=torch.float64)
+        basis = (basis + 0.1).to(magnitude) * magnitude.mean() / gains.mean().clamp_min(1e-12) / self.components
+        basis[:, : min(self.bass_components, self.components)] = 0  # far above the bass band
+        eps = torch.finfo(magnitude.dtype).eps
+        activity = gains.sum(dim=1)[None, :] + eps
+        for _ in range(self.upper_iterations):
+            basis = basis * ((magnitude / (basis @ gains + eps)) @ gains.t()) / activity
+        return basis
+
     def _block_masks(self, magnitude: torch.Tensor) -> torch.Tensor:
-        basis, gains = self.factorise(magnitude)
+        basis, gains = self.factorise(magnitude[: self.factorised_bins])
         stem = self.assign(basis, gains)
+        if self.factorised_bins < magnitude.shape[0]:
+            upper = self.fit_upper_basis(magnitude[self.factorised_bins :], gains)
+            basis = torch.cat([basis, upper])
         eps = torch.finfo(magnitude.dtype).eps
         grouped = []
         for index in range(len(STEMS)):
