@@ -263,8 +263,13 @@ def separate(
     model_rate = spec.model_rate(rate)
     strategy, reason = _pick_strategy(settings.resampler, rate, model_rate)
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+    learned_kernel = None
+    if strategy == "trainable":  # the kernel `sfsep train-kernel` trained for this model and input rate
+        from .resample.trainable import load_trained_kernel
+
+        learned_kernel = load_trained_kernel(spec.name, rate)
     at_model_rate = resample(mix, rate, model_rate, strategy, sigma=settings.sigma, snr_db=settings.snr_db,
-                             generator=generator)
+                             generator=generator, kernel=learned_kernel)
     model_input = at_model_rate
     restore = None
     if spec.normalize:
@@ -283,15 +288,15 @@ def separate(
     if stems.shape[0] != len(names):
         raise ModelError(f"model '{spec.name}' returned {stems.shape[0]} stems, models.toml lists {len(names)}")
 
+    # All stems go back to the input rate in one call (the resampler takes leading dimensions).
+    back = resample(stems, model_rate, rate, "conventional" if model_rate != rate else "none")[..., :length]
+    if back.shape[-1] < length:
+        back = torch.nn.functional.pad(back, (0, length - back.shape[-1]))
     result: dict[str, torch.Tensor] = {}
-    for name, stem in zip(names, stems):
-        back = resample(stem, model_rate, rate, "conventional" if model_rate != rate else "none")
-        back = back[..., :length]
-        if back.shape[-1] < length:
-            back = torch.nn.functional.pad(back, (0, length - back.shape[-1]))
+    for name, stem in zip(names, back):
         if settings.gate_db is not None:
-            back = energy_gate(back, mix, rate, settings.gate_db)
-        result[name] = back.mean(0, keepdim=True) if channels == 1 else back
+            stem = energy_gate(stem, mix, rate, settings.gate_db)
+        result[name] = stem.mean(0, keepdim=True) if channels == 1 else stem
     return Separation(result, rate, model_rate, strategy, reason, notes)
 
 

@@ -409,7 +409,7 @@ def test_equal_rates_return_the_input(method):
 
 
 def test_choose_strategy():
-    assert METHODS == ("conventional", "noisy", "noise", "none")
+    assert METHODS == ("conventional", "noisy", "noise", "trainable", "none")
     method, reason = choose_strategy(8000, 44100)
     assert method == "noisy" and "8000" in reason and "44100" in reason
     method, reason = choose_strategy(48000, 44100)
@@ -434,7 +434,7 @@ def test_integer_valued_rates_are_accepted():
 
 def test_bad_arguments_raise_resample_errors():
     signal = torch.zeros(1, 10)
-    with pytest.raises(ResampleError, match="conventional, noisy, noise, none"):
+    with pytest.raises(ResampleError, match="conventional, noisy, noise, trainable, none"):
         resample(signal, 8000, 44100, "sinc_interp_hann")
     with pytest.raises(ResampleError, match="floating-point"):
         resample(torch.zeros(1, 10, dtype=torch.int16), 8000, 44100)

@@ -5,7 +5,8 @@ Public API (what the pipeline, the CLI and library users call)::
     resample(x, input_rate, output_rate, method="conventional", *, sigma=1e-3, snr_db=20.0,
              generator=None) -> Tensor          # x: (..., samples), dtype and device kept
     choose_strategy(input_rate, trained_rate) -> (method, reason)
-    METHODS                                     # ("conventional", "noisy", "noise", "none")
+    METHODS                     # ("conventional", "noisy", "noise", "trainable", "none")
+    resample(..., method="trainable", kernel=k)  # k: learned kernel, see resample/trainable.py
 
 Building blocks, for strategies that bring their own kernel (e.g. a trainable MLP kernel)::
 

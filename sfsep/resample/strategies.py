@@ -15,6 +15,9 @@ they hand it, or in what they do to its output:
   of such high-frequency content matters more to a separator than its exact content.
 - "noise": the paper's baseline, post-resampling noise addition: conventional output plus white
   Gaussian noise at a fixed signal-to-noise ratio.
+- "trainable": a learned kernel (an MLP k(t; theta) evaluated on the kernel's time grid,
+  `sfsep.resample.trainable`), passed in as `kernel=`; trained per model and rate by
+  `sfsep train-kernel`.
 - "none": no resampling at all (the rates must already agree).
 
 Random draws
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable
 
 import torch
 
@@ -54,8 +58,10 @@ from sfsep.errors import ResampleError
 from sfsep.resample.kernel import cached_conventional_kernel, check_rate
 from sfsep.resample.polyphase import apply_kernel
 
-METHODS = ("conventional", "noisy", "noise", "none")
-"""Strategy names accepted by `resample` (a trainable kernel will be added as "trainable")."""
+METHODS = ("conventional", "noisy", "noise", "trainable", "none")
+"""Strategy names accepted by `resample`. "trainable" needs `kernel=` (a learned kernel, see
+`sfsep.resample.trainable`): a (phases, taps) tensor or a callable (input_rate, output_rate) ->
+such a tensor, e.g. `TrainableKernel.matrix`."""
 
 DEFAULT_SIGMA = 1e-3
 """Standard deviation of the kernel noise of "noisy" (variance 1e-6)."""
@@ -162,6 +168,7 @@ def resample(
     sigma: float = DEFAULT_SIGMA,
     snr_db: float = DEFAULT_SNR_DB,
     generator: torch.Generator | None = None,
+    kernel: torch.Tensor | Callable[[int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Resample `waveform` (..., samples) from `input_rate` to `output_rate` Hz.
 
@@ -174,6 +181,8 @@ def resample(
         snr_db: signal-to-noise ratio for "noise", exact for each (channels, samples) signal
             of the output (the last two axes; a 1-D tensor is one signal).
         generator: torch.Generator for the random strategies; None uses the default RNG.
+        kernel: for "trainable" only (and required there): the learned (phases, taps) kernel,
+            or a callable (input_rate, output_rate) -> that kernel.
 
     Returns:
         (..., ceil(samples * output_rate / input_rate)) tensor, exact integer ceil. When the
@@ -207,8 +216,18 @@ def resample(
         )
     if input_rate == output_rate:
         return waveform
+    if method == "trainable" and kernel is None:
+        raise ResampleError(
+            "resampling method 'trainable' needs a learned kernel (kernel=...); train one with "
+            "`sfsep train-kernel --model M --rate R`"
+        )
 
-    if method == "noisy":
+    if method == "trainable":
+        if hasattr(kernel, "matrix"):  # a TrainableKernel module
+            kernel = kernel.matrix
+        learned = kernel(input_rate, output_rate) if callable(kernel) else kernel
+        kernel = learned.to(dtype=waveform.dtype, device=waveform.device)
+    elif method == "noisy":
         kernel = noisy_kernel(input_rate, output_rate, sigma=sigma, generator=generator,
                               dtype=waveform.dtype, device=waveform.device)
     else:
