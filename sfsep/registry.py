@@ -115,6 +115,14 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
 
 
 NORMALIZATIONS = ("msst", "demucs", "demucs_v2")
+CHUNK_STYLES = ("msst", "msst_demucs", "demucs", "fade", "bsrnn")
+"""sfsep.inference's styles, plus "bsrnn": BSRNN's own reference separator."""
+
+
+def _chunk_style(name: str, value: str) -> str:
+    if value not in CHUNK_STYLES:
+        raise ModelError(f"models.toml: model '{name}': chunk_style must be one of {', '.join(CHUNK_STYLES)}")
+    return value
 
 
 def _normalize_kind(name: str, value: Any) -> str | None:
@@ -145,7 +153,7 @@ def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
         trained_rate=table.get("trained_rate"),
         chunk_size=table.get("chunk_size"),
         overlap=table.get("overlap", 0.25),
-        chunk_style=table.get("chunk_style", "fade"),
+        chunk_style=_chunk_style(name, table.get("chunk_style", "fade")),
         batch_size=table.get("batch_size", 1),
         normalize=_normalize_kind(name, table.get("normalize", False)),
         description=table.get("description", ""),
