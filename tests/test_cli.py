@@ -214,3 +214,32 @@ def test_bad_file_reported_before_any_model_is_loaded(run_cli, tmp_path, monkeyp
 def test_shifts_option_validation(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav")
     assert run_cli(song, "-n", "classic", "--shifts", "-1", "--out", tmp_path).code == 2
+
+
+def _tiny_scnet(shared, tmp_path):
+    """The tiny SCNet parity fixture as a user's checkpoint + MSST YAML config."""
+    import torch
+    import yaml
+
+    data = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data["config"], sort_keys=False))
+    torch.save({"state_dict": data["state_dict"]}, tmp_path / "tiny.ckpt")
+    return tmp_path / "tiny.ckpt", tmp_path / "tiny.yaml"
+
+
+def test_neural_model_end_to_end_at_8k_with_noisy_kernel(run_cli, wav_file, tmp_path, shared):
+    """A real architecture (tiny SCNet weights) through the whole flow: 8 kHz in, noisy-kernel
+    up to 44.1 kHz, chunked inference, stems back at 8 kHz."""
+    ckpt, config = _tiny_scnet(shared, tmp_path)
+    song = wav_file("phone.wav", rate=8000, seconds=0.5)
+    out = tmp_path / "out"
+    result = run_cli(song, "--model", "scnet", "--weights", ckpt, "--config", config, "--out", out, "--seed", "1")
+    assert result.code == 0, result
+    assert "resampler noisy" in result.out and "model at 44100 Hz" in result.out
+    stems = sorted(p.name for p in (out / "scnet" / "phone").iterdir())
+    assert stems == ["drums.wav", "vocals.wav"]
+    info = sf.info(out / "scnet" / "phone" / "vocals.wav")
+    assert info.samplerate == 8000 and info.frames == 4000
+    _one_line_error(run_cli(song, "--model", "scnet", "--weights", ckpt, "--config", config, "--out",
+                            tmp_path / "none", "--resampler", "none"), "--resampler none", "8000 Hz", "44100 Hz")
+    assert not (tmp_path / "none").exists()
