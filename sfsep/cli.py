@@ -551,6 +551,86 @@ def cache(action: str = typer.Argument(..., help="path: print the cache folder; 
     raise UsageError(f"sfsep cache {action}: use `sfsep cache path` or `sfsep cache clean`")
 
 
+@app.command("eval")
+def eval_command(
+    musdb: Optional[Path] = typer.Option(None, "--musdb", help="MUSDB18-HQ folder (wav layout). Default: $MUSDB_PATH."),
+    subset: str = typer.Option("test", "--subset", help="test | train | valid (musdb's 14-track validation split)."),
+    tracks: Optional[int] = typer.Option(None, "--tracks", help="Evaluate only the first N tracks of the subset."),
+    track: Optional[List[str]] = typer.Option(None, "--track", help="Evaluate this track (folder name); repeatable."),
+    rates: str = typer.Option("8000,11025,16000,22050,32000,44100", "--rates",
+                              help="Test sampling rates in Hz, comma-separated (each <= 44100)."),
+    resamplers: str = typer.Option("conventional,noisy", "--resamplers",
+                                   help="How each test-rate mixture is brought to the model's rate, comma-separated; "
+                                        "'all' = conventional,noisy,noise (+ trainable where a kernel is trained). "
+                                        "At the model's own rate nothing is resampled: that row is 'none'."),
+    metrics: str = typer.Option("bsseval,sdr,si_sdr", "--metrics",
+                                help="bsseval (museval's framewise v4), sdr (whole-signal), si_sdr; comma-separated."),
+    model: Optional[str] = ModelOpt,
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="Results go to OUT/<model>/."),
+    force: bool = typer.Option(False, "--force", help="Recompute results that are already stored."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random resamplers (noisy, noise); each result's draw "
+                                               "depends only on it, the track, the rate and the resampler."),
+    sigma: float = SigmaOpt,
+    snr: float = SnrOpt,
+    gate_db: Optional[float] = GateOpt,
+    chunk_seconds: Optional[float] = ChunkOpt,
+    overlap: Optional[float] = OverlapOpt,
+    batch_size: Optional[int] = BatchOpt,
+    shifts: int = ShiftsOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    offline: bool = OfflineOpt,
+    weights: Optional[Path] = WeightsOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Score a model on MUSDB18-HQ at several sampling rates and resamplers (BSSEval v4, SDR, SI-SDR)."""
+    from .evaluate.musdb import list_tracks
+    from .evaluate.report import rich_table, summarize, summary_document, write_all
+    from .evaluate.runner import evaluate, parse_metrics, parse_rates, parse_resamplers
+
+    rate_list, resampler_list = parse_rates(rates), parse_resamplers(resamplers)
+    metric_list = parse_metrics(metrics)
+    settings = _settings("auto", sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
+                         shifts)
+    selected = list_tracks(musdb, subset, tracks=tracks, track=track)  # dataset errors before any model load
+    spec, config = _model_and_config(model, config, weights)
+    separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
+                                weights=weights, offline=offline, config=config)
+    model_id = separator.spec.name + (f" (weights {weights})" if weights else "") + (
+        f" (config {config})" if config else "")
+    folder = out / separator.spec.name
+    err = _stderr()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("results"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("eval", total=None)
+
+        def update(event) -> None:
+            label = f"{event.cell.track.name} @ {event.cell.rate} Hz, {event.cell.resampler}"
+            progress.update(task, completed=event.done, total=event.total,
+                            description=("reused " if event.status == "skipped" else "") + label)
+
+        run = evaluate(separator, selected, folder, rates=rate_list, resamplers=resampler_list,
+                       metrics=metric_list, settings=settings, seed=seed, force=force, model_id=model_id,
+                       progress=update)
+    summary = summarize(run)
+    written = write_all(summary, folder)
+    if as_json:
+        typer.echo(json.dumps(summary_document(summary), indent=2))
+        return
+    console = _stdout()
+    console.print(rich_table(summary))
+    for note in summary.notes:
+        console.print(f"note: {note}")
+    console.print(f"{run.computed} result(s) computed, {run.skipped} reused (--force recomputes) in "
+                  f"{run.seconds:.1f} s; per-track museval JSON under {folder / 'museval'}")
+    console.print("wrote " + ", ".join(str(path) for path in written.values()))
+    if "sdr_vs_rate.png" not in written:
+        console.print("(no plot: install the plot extra, pip install 'sfsep[plot]', for sdr_vs_rate.png)")
+
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point
 

@@ -1,0 +1,564 @@
+"""The evaluation loop of `sfsep eval`: MUSDB18-HQ tracks x test rates x resamplers, scored.
+
+Protocol (the README's "Evaluation protocol" section says the same for users)
+----------------------------------------------------------------------------
+For each selected track, for each test rate r, the mixture and the four references are
+brought down from 44.1 kHz to r with the conventional resampler (one deterministic kernel,
+so references and mixture see the same filter). The r-Hz mixture then goes through the sfsep
+pipeline (`sfsep.pipeline.separate`) once per resampler: the resampler is how the mixture is
+brought *up* to the model's trained rate; the stems always come back down conventionally.
+When r is the model's rate (always, for a model that runs at any rate), no resampling
+happens at all, so every resampler would give the same result: that cell is run once and
+labelled "none". The stems are scored against the r-Hz references:
+
+- "bsseval": BSSEval v4 (museval's images metrics, 512-tap filters fitted on the whole track)
+  over 1-s windows with a 1-s hop counted in samples at r; per track, the median over frames
+  ignoring NaN windows; `sfsep.evaluate.bsseval`.
+- "sdr": the whole-signal SDR of the MDX challenges and MSST; "si_sdr": scale-invariant SDR;
+  one number per track and target; `sfsep.evaluate.metrics`.
+
+Over tracks, `sfsep.evaluate.report` takes the median (the headline number), the mean and its
+standard error of the per-track values.
+
+Targets
+-------
+A model's stems are matched to MUSDB's sources by name (`musdb_targets`):
+- a model with (at least) vocals, drums, bass and other is scored on those four; stems MUSDB
+  does not have (guitar, piano) are added to the estimate of "other", which holds them in MUSDB;
+- a model with vocals and one more stem (a vocals model whose second stem, predicted or the
+  residual mixture - vocals, is everything but the vocals, whatever its name) is scored on
+  "vocals" and "accompaniment", the reference of the latter being drums + bass + other, as in
+  musdb's accompaniment target. Its second stem is NOT compared with MUSDB's "other";
+- otherwise the stems named like MUSDB sources are scored, jointly, against those references.
+
+Files (under the run's folder, normally eval/<model>/)
+-----------------------------------------------------
+    museval/<resampler>-<rate>/<subset>/<track>.json   framewise BSSEval, museval's TrackStore
+    records/<resampler>-<rate>/<subset>/<track>.json   sfsep's record of the cell: settings,
+                                                       per-track scores, timings, notes
+The record is written last (atomically), so its presence marks a finished cell. A rerun skips
+the cells whose record exists with the same settings (model, seed, sigma, gate, chunking,
+...) and covers the requested metrics; other cells, and every cell under `force`, are
+computed again. Random resamplers get a seed derived from (seed, track, rate, resampler), so
+a cell's result does not depend on which other cells ran before it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from sfsep.errors import ModelError, UsageError
+from sfsep.evaluate.bsseval import SilentSourceError, TrackScores, bss_eval_v4
+from sfsep.evaluate.metrics import si_sdr, utterance_sdr
+from sfsep.evaluate.musdb import MUSDB_RATE, SOURCES, MusdbTrack
+from sfsep.pipeline import Separator, Settings, separate
+from sfsep.resample import METHODS, resample
+
+__all__ = [
+    "DEFAULT_RATES",
+    "DEFAULT_RESAMPLERS",
+    "METRICS",
+    "RECORD_FORMAT",
+    "Cell",
+    "CellResult",
+    "EvalProgress",
+    "EvalRun",
+    "TargetMap",
+    "cell_seed",
+    "evaluate",
+    "musdb_targets",
+    "parse_metrics",
+    "parse_rates",
+    "parse_resamplers",
+    "plan_cells",
+]
+
+#: Test rates of the study (Hz).
+DEFAULT_RATES = (8000, 11025, 16000, 22050, 32000, 44100)
+#: Resamplers compared by default.
+DEFAULT_RESAMPLERS = ("conventional", "noisy")
+#: Metric families `--metrics` accepts.
+METRICS = ("bsseval", "sdr", "si_sdr")
+#: Version tag of the record files (bump when their meaning changes: old records are redone).
+RECORD_FORMAT = "sfsep-eval-record/1"
+#: Window and hop of the framewise BSSEval, in seconds at the evaluated rate.
+WINDOW_SECONDS = 1.0
+
+_RANDOM_RESAMPLERS = ("noisy", "noise")
+
+
+# ----------------------------------------------------------------------------------------
+# Options
+
+
+def parse_rates(value: str | Sequence[int] | None) -> tuple[int, ...]:
+    """'8000,16000' (or a sequence) -> sorted unique rates, each in (0, 44100]."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_RATES
+    items = value.split(",") if isinstance(value, str) else list(value)
+    rates = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            rate = int(text)
+        except ValueError:
+            raise UsageError(f"--rates: {text!r} is not a whole number of Hz (e.g. --rates 8000,16000,44100)")
+        if rate <= 0 or rate > MUSDB_RATE:
+            raise UsageError(f"--rates: {rate} Hz is out of range; MUSDB18-HQ is {MUSDB_RATE} Hz and is only "
+                             f"brought down, so rates must be between 1 and {MUSDB_RATE}")
+        rates.append(rate)
+    return tuple(sorted(set(rates)))
+
+
+def _trained_kernel_available() -> bool:
+    """Whether the resampling package offers a trained ("trainable") kernel."""
+    return "trainable" in METHODS
+
+
+def parse_resamplers(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'conventional,noisy' or 'all' -> resampler names, in the order given, unique."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_RESAMPLERS
+    items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s) for s in value]
+    names: list[str] = []
+    usable = [m for m in METHODS if m != "none"]
+    for item in items:
+        if item == "all":
+            expanded = ["conventional", "noisy", "noise"] + (["trainable"] if _trained_kernel_available() else [])
+        elif item in usable:
+            expanded = [item]
+        elif item == "none":
+            raise UsageError("--resamplers none: 'none' is used by itself wherever the test rate is the model's "
+                             "rate; list the resamplers to compare elsewhere (e.g. conventional,noisy)")
+        else:
+            raise UsageError(f"--resamplers: unknown resampler {item!r}; use 'all' or some of {', '.join(usable)}")
+        names.extend(name for name in expanded if name not in names)
+    return tuple(names)
+
+
+def parse_metrics(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'bsseval,sdr,si_sdr' -> metric families in METRICS order."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return METRICS
+    items = [s.strip().lower().replace("-", "_") for s in value.split(",")] if isinstance(value, str) else list(value)
+    for item in items:
+        if item not in METRICS:
+            raise UsageError(f"--metrics: unknown metric {item!r}; use some of {', '.join(METRICS)}")
+    return tuple(m for m in METRICS if m in items)
+
+
+# ----------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class TargetMap:
+    """How a model's stems become MUSDB targets.
+
+    `estimates[target]`: the model stems summed into that target's estimate;
+    `references[target]`: the MUSDB sources summed into its reference; `notes`: what a reader
+    of the results must know (e.g. that a residual is scored as the accompaniment).
+    """
+
+    targets: tuple[str, ...]
+    estimates: dict[str, tuple[str, ...]]
+    references: dict[str, tuple[str, ...]]
+    notes: tuple[str, ...] = ()
+
+
+def musdb_targets(stems: Sequence[str], residual: str | None = None, model: str = "model") -> TargetMap:
+    """Match a model's stems (and its residual stem, if any) to MUSDB targets (module docstring)."""
+    names = list(stems) + ([residual] if residual else [])
+    notes: list[str] = []
+    if set(SOURCES) <= set(names):
+        extras = tuple(name for name in names if name not in SOURCES)
+        estimates = {source: (source,) for source in SOURCES}
+        if extras:
+            estimates["other"] = ("other",) + extras
+            notes.append(f"{model}'s {', '.join(extras)} stem(s) are added to its 'other' estimate "
+                         f"(MUSDB's other holds them)")
+        if residual in SOURCES:
+            notes.append(f"{model}'s '{residual}' is the mixture minus its other stems")
+        return TargetMap(SOURCES, estimates, {source: (source,) for source in SOURCES}, tuple(notes))
+    if "vocals" in names and len(names) == 2:
+        rest = next(name for name in names if name != "vocals")
+        how = "the mixture minus vocals" if rest == residual else "everything but the vocals"
+        notes.append(f"{model}'s '{rest}' ({how}) is scored as 'accompaniment' against MUSDB's "
+                     f"drums + bass + other, not against MUSDB's 'other'")
+        return TargetMap(
+            ("vocals", "accompaniment"),
+            {"vocals": ("vocals",), "accompaniment": (rest,)},
+            {"vocals": ("vocals",), "accompaniment": tuple(s for s in SOURCES if s != "vocals")},
+            tuple(notes),
+        )
+    known = tuple(source for source in SOURCES if source in names)
+    if not known:
+        raise ModelError(f"model '{model}' has stems {', '.join(names)}, none of which is a MUSDB source "
+                         f"({', '.join(SOURCES)}); it cannot be evaluated on MUSDB18-HQ")
+    left_out = [name for name in names if name not in known]
+    if left_out:
+        notes.append(f"{model}'s {', '.join(left_out)} stem(s) have no MUSDB counterpart and are not scored")
+    return TargetMap(known, {s: (s,) for s in known}, {s: (s,) for s in known}, tuple(notes))
+
+
+# ----------------------------------------------------------------------------------------
+# Cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a track at a test rate through one resampler."""
+
+    track: MusdbTrack
+    rate: int
+    resampler: str  # the strategy the pipeline runs: a METHODS name, "none" at the model's rate
+
+    @property
+    def config_name(self) -> str:
+        return f"{self.resampler}-{self.rate}"
+
+    def record_path(self, folder: Path) -> Path:
+        return folder / "records" / self.config_name / self.track.subset / f"{self.track.name}.json"
+
+    def museval_path(self, folder: Path) -> Path:
+        return folder / "museval" / self.config_name / self.track.subset / f"{self.track.name}.json"
+
+
+def plan_cells(tracks: Sequence[MusdbTrack], rates: Sequence[int], resamplers: Sequence[str],
+               trained_rate: int | None, kernel_exists: Callable[[int], bool] | None = None) -> list[Cell]:
+    """Cells in run order (track, then rate, then resampler); at the model's rate (every rate
+    for a model without a trained rate) the resamplers collapse into one "none" cell.
+    "trainable" cells are planned only at rates where `kernel_exists(rate)` is true."""
+    cells = []
+    for track in tracks:
+        for rate in rates:
+            if trained_rate is None or rate == trained_rate:
+                cells.append(Cell(track, rate, "none"))
+                continue
+            for name in resamplers:
+                if name == "trainable" and not (kernel_exists and kernel_exists(rate)):
+                    continue
+                cells.append(Cell(track, rate, name))
+    return cells
+
+
+def trained_kernel_file(model: str, rate: int) -> Path | None:
+    """The file of the kernel trained for `model` at input rate `rate`, if there is one."""
+    try:
+        from sfsep.resample.trainable import kernel_path
+    except ImportError:
+        return None
+    path = kernel_path(model, rate)
+    return path if path.is_file() else None
+
+
+def cell_seed(seed: int, cell: Cell) -> int:
+    """A seed for the cell's random draws that depends only on (seed, track, rate, resampler)."""
+    key = f"{seed}/{cell.track.subset}/{cell.track.name}/{cell.rate}/{cell.resampler}"
+    return zlib.crc32(key.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """What the progress callback receives after each cell."""
+
+    done: int  # cells finished or skipped so far
+    total: int
+    cell: Cell
+    status: str  # "done" | "skipped" | "started"
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str  # "done" | "skipped"
+    record: dict
+
+
+@dataclass
+class EvalRun:
+    """Everything `evaluate` did: the cells' records (done or reused) and the run's facts."""
+
+    folder: Path
+    model: str
+    subset: str
+    rates: tuple[int, ...]
+    resamplers: tuple[str, ...]
+    metrics: tuple[str, ...]
+    targets: TargetMap
+    settings: dict
+    results: list[CellResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def computed(self) -> int:
+        return sum(1 for r in self.results if r.status == "done")
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for r in self.results if r.status == "skipped")
+
+    @property
+    def records(self) -> list[dict]:
+        return [r.record for r in self.results]
+
+
+def run_settings(model_id: str, model_name: str, settings: Settings, seed: int, targets: TargetMap) -> dict:
+    """What a cell's result depends on (besides track, rate and resampler): a record made
+    with different values is stale."""
+    return {
+        "model": model_id,
+        "model_name": model_name,
+        "targets": list(targets.targets),
+        "seed": seed,
+        "sigma": settings.sigma,
+        "snr_db": settings.snr_db,
+        "gate_db": settings.gate_db,
+        "chunk_seconds": settings.chunk_seconds,
+        "overlap": settings.overlap,
+        "shifts": settings.shifts,
+        "precision": settings.precision,
+        "window_seconds": WINDOW_SECONDS,
+    }
+
+
+def evaluate(
+    separator: Separator,
+    tracks: Sequence[MusdbTrack],
+    folder: str | os.PathLike,
+    *,
+    rates: Sequence[int] = DEFAULT_RATES,
+    resamplers: Sequence[str] = DEFAULT_RESAMPLERS,
+    metrics: Sequence[str] = METRICS,
+    settings: Settings | None = None,
+    seed: int = 0,
+    force: bool = False,
+    model_id: str | None = None,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> EvalRun:
+    """Run (or resume) the evaluation of `separator` on `tracks`; results go under `folder`.
+
+    `settings` carries the pipeline options (sigma, gate_db, chunking, device, ...); its
+    resampler and seed are set per cell. `model_id` names the model in the records (default:
+    the spec's name; the CLI adds the weights file when --weights is used). `progress` is
+    called with an `EvalProgress` when a cell starts and when it is done or skipped.
+    """
+    started = time.perf_counter()
+    settings = settings or Settings()
+    folder = Path(folder)
+    spec = separator.spec
+    metrics = tuple(parse_metrics(list(metrics)))
+    if not metrics:
+        raise UsageError("--metrics: name at least one of " + ", ".join(METRICS))
+    targets = musdb_targets(spec.stems, spec.extra.get("residual_stem"), spec.name)
+    fingerprint = run_settings(model_id or spec.name, spec.name, settings, seed, targets)
+    run = EvalRun(folder, model_id or spec.name, tracks[0].subset if tracks else "", tuple(rates),
+                  tuple(resamplers), metrics, targets, fingerprint)
+    def kernel_exists(rate: int) -> bool:
+        return trained_kernel_file(spec.name, rate) is not None
+
+    cells = plan_cells(tracks, rates, resamplers, spec.trained_rate, kernel_exists)
+    if spec.trained_rate is None:
+        run.notes.append(f"{spec.name} runs at any rate: each test-rate mixture is separated as it is, so the "
+                         f"resamplers do not apply and every row is 'none'")
+    if "trainable" in resamplers and spec.trained_rate is not None:
+        missing = [r for r in rates if r != spec.trained_rate and not kernel_exists(r)]
+        if missing:
+            run.notes.append(f"trainable: no kernel trained for {spec.name} at "
+                             f"{', '.join(str(r) for r in missing)} Hz, so no trainable rows there "
+                             f"(`sfsep train-kernel` makes them)")
+    total = len(cells)
+    done = 0
+
+    by_track: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_track.setdefault(cell.track.name, []).append(cell)
+    for track_cells in by_track.values():
+        audio: _TrackAudio | None = None
+        for cell in track_cells:
+            record = None if force else _reusable_record(cell, folder, fingerprint, metrics)
+            if record is not None:
+                done += 1
+                run.results.append(CellResult(cell, "skipped", record))
+                if progress:
+                    progress(EvalProgress(done, total, cell, "skipped"))
+                continue
+            if progress:
+                progress(EvalProgress(done, total, cell, "started"))
+            if audio is None:
+                audio = _TrackAudio(cell.track, targets)
+            record = _run_cell(cell, separator, audio, targets, metrics, settings, seed, fingerprint, folder)
+            done += 1
+            run.results.append(CellResult(cell, "done", record))
+            if progress:
+                progress(EvalProgress(done, total, cell, "done"))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+class _TrackAudio:
+    """A track's mixture and target references, read once, brought down to each rate once."""
+
+    def __init__(self, track: MusdbTrack, targets: TargetMap):
+        self.track = track
+        mixture = track.mixture()
+        sources = track.sources()
+        references = [sum(sources[name] for name in targets.references[t]) for t in targets.targets]
+        # one (1 + targets, channels, samples) stack: the same kernel for mixture and references
+        self.full_rate = torch.stack([mixture, *references])
+        self._by_rate: dict[int, torch.Tensor] = {}
+
+    def at(self, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixture (C, T), references (targets, C, T)) at `rate`."""
+        if rate not in self._by_rate:
+            self._by_rate.clear()  # cells come rate by rate: keep one rate in memory
+            self._by_rate[rate] = resample(self.full_rate, MUSDB_RATE, rate, "conventional")
+        stack = self._by_rate[rate]
+        return stack[0], stack[1:]
+
+
+def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: TargetMap,
+              metrics: tuple[str, ...], settings: Settings, seed: int, fingerprint: dict,
+              folder: Path) -> dict:
+    mixture, references = audio.at(cell.rate)
+    seed_used = cell_seed(seed, cell)
+    tick = time.perf_counter()
+    separation = separate(mixture, cell.rate, separator, cell.resampler,
+                          settings=replace(settings, seed=seed_used))
+    separate_seconds = time.perf_counter() - tick
+    estimates = torch.stack([
+        sum(separation.stems[name] for name in targets.estimates[target]) for target in targets.targets
+    ]).to(references.dtype)
+
+    tick = time.perf_counter()
+    notes = list(targets.notes)
+    scores: dict[str, dict] = {}
+    frames = None
+    if "bsseval" in metrics:
+        track_scores = _bsseval_scores(cell, references, estimates, targets, notes)
+        frames = len(next(iter(track_scores.targets.values()))["SDR"])
+        track_scores.save(cell.museval_path(folder))
+        scores["bsseval"] = track_scores.frame_medians()
+    if "sdr" in metrics:
+        values = utterance_sdr(references, estimates)
+        scores["sdr"] = {t: float(v) for t, v in zip(targets.targets, values)}
+    if "si_sdr" in metrics:
+        values = si_sdr(references, estimates)
+        scores["si_sdr"] = {t: float(v) for t, v in zip(targets.targets, values)}
+    score_seconds = time.perf_counter() - tick
+
+    record = {
+        "format": RECORD_FORMAT,
+        "track": cell.track.name,
+        "subset": cell.track.subset,
+        "rate": cell.rate,
+        "resampler": cell.resampler,
+        "model_rate": separation.model_rate,
+        "strategy": separation.strategy,
+        "seed_used": seed_used if cell.resampler in _RANDOM_RESAMPLERS else None,
+        "settings": fingerprint,
+        "metrics": list(metrics),
+        "scores": scores,
+        "frames": frames,
+        "duration_seconds": references.shape[-1] / cell.rate,
+        "kernel": _kernel_stamp(cell, separator.spec.name),
+        "seconds": {"separate": round(separate_seconds, 3), "score": round(score_seconds, 3)},
+        "notes": notes,
+    }
+    _write_json(cell.record_path(folder), record)
+    return record
+
+
+def _bsseval_scores(cell: Cell, references: torch.Tensor, estimates: torch.Tensor, targets: TargetMap,
+                    notes: list[str]) -> TrackScores:
+    window = max(1, round(WINDOW_SECONDS * cell.rate))
+    try:
+        result = bss_eval_v4(references, estimates, window=window, hop=window, source_names=targets.targets)
+        return TrackScores.from_result(cell.track.name, result, cell.rate, targets.targets)
+    except SilentSourceError as error:
+        # A source (reference or estimate) silent over the whole track makes every window NaN
+        # for every target, since museval drops a window in which any of them is silent.
+        notes.append(f"BSSEval undefined, all frames NaN: {error}")
+        length = references.shape[-1]
+        count = length // window if window < length else 1  # museval's framing with hop = window
+        nan = [math.nan] * count
+        scores = TrackScores(cell.track.name, win=window / cell.rate, hop=window / cell.rate)
+        for target in targets.targets:
+            scores.add_target(target, nan, nan, nan, nan)
+        return scores
+
+
+def _reusable_record(cell: Cell, folder: Path, fingerprint: dict, metrics: tuple[str, ...]) -> dict | None:
+    """The cell's stored record when it can stand for this run's result, else None."""
+    path = cell.record_path(folder)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("format") != RECORD_FORMAT or record.get("settings") != fingerprint:
+        return None
+    if not set(metrics) <= set(record.get("metrics", ())):
+        return None
+    if "bsseval" in metrics and not cell.museval_path(folder).is_file():
+        return None
+    if record.get("kernel") != _kernel_stamp(cell, fingerprint["model_name"]):
+        return None  # the trained kernel was retrained (or removed) since
+    return record
+
+
+def _kernel_stamp(cell: Cell, model_name: str) -> dict | None:
+    """Which trained kernel a "trainable" cell used (path, size, mtime); None for the others."""
+    if cell.resampler != "trainable":
+        return None
+    path = trained_kernel_file(model_name, cell.rate)
+    if path is None:
+        return None
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_json(path: Path, document: dict) -> None:
+    """Write JSON atomically (temporary name in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(document, stream, indent=2, allow_nan=True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def settings_summary(run: EvalRun) -> dict:
+    """Plain-data facts of a run (for the summary JSON)."""
+    return {
+        "model": run.model,
+        "subset": run.subset,
+        "rates": list(run.rates),
+        "resamplers": list(run.resamplers),
+        "metrics": list(run.metrics),
+        "targets": asdict(run.targets),
+        "settings": run.settings,
+        "cells_computed": run.computed,
+        "cells_reused": run.skipped,
+        "notes": list(run.notes),
+        "seconds": round(run.seconds, 3),
+    }
