@@ -338,7 +338,10 @@ def _apply_masks(mix: torch.Tensor, masks: torch.Tensor, spectral: _Spectral, bl
             masked = (spectrum * mask).view(batch * channels, *spectrum.shape[2:])
             estimate = spectral.istft(masked, piece).view(batch, channels, piece)
             stems[:, stem, :, start:stop] = estimate[:, :, start - slice_start : stop - slice_start]
-    stems[:, -1] = mix - stems[:, :-1].sum(dim=1)
+    other = stems[:, -1]
+    other.copy_(mix)
+    for stem in range(masks.shape[1]):
+        other.sub_(stems[:, stem])  # in place: no full-length temporaries
     return stems
 
 
