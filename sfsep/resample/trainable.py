@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ def load_kernel_file(path: str | os.PathLike) -> tuple[TrainableKernel, dict[str
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ResampleError(f"{path}: cannot read the trained kernel ({exc}); train it again with "
                             f"`sfsep train-kernel`") from exc
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
