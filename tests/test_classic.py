@@ -192,11 +192,12 @@ def test_stems_sum_to_the_mixture(family, sample_rate):
     assert bool((energies > 1e-3).all()) and bool((energies < 0.9).all()), energies
 
 
-def test_repeating_spectrum_ignores_a_one_off_event():
+@pytest.mark.parametrize("window_seconds", [0.0, 2.0])
+def test_repeating_spectrum_ignores_a_one_off_event(window_seconds):
     """REPET-SIM's repeating spectrum of a cycling pattern with a one-off event keeps the
     pattern and drops the event (the event is small enough that the frame still resembles
-    its own pattern most)."""
-    model = build_classic({"sample_rate": 16000})
+    its own pattern most), whether similar frames come from the whole input or a window."""
+    model = build_classic({"sample_rate": 16000, "repet_window_seconds": window_seconds})
     generator = torch.Generator().manual_seed(1)
     bins = model.spectral.n_fft // 2 + 1
     patterns = torch.rand(bins, 5, generator=generator) + 0.1
@@ -208,6 +209,23 @@ def test_repeating_spectrum_ignores_a_one_off_event():
     assert repeating.shape == magnitude.shape
     assert torch.allclose(repeating[:, event_frame], patterns[:, event_frame % 5], atol=1e-6)
     assert torch.allclose(repeating, patterns[:, torch.arange(frames) % 5], atol=1e-6)
+
+
+def test_repet_window_limits_where_similar_frames_come_from():
+    """Frame 50 repeats only in frames 300-599 (3.5 s away): the whole-input search finds
+    those copies, a 2-s window cannot."""
+    generator = torch.Generator().manual_seed(5)
+    model = build_classic({"sample_rate": 16000})
+    bins = model.spectral.n_fft // 2 + 1
+    patterns = torch.rand(bins, 6, generator=generator) + 0.1
+    index = torch.arange(600) % 5
+    index[300:] = 5
+    index[50] = 5
+    magnitude = patterns[:, index].contiguous()
+    whole = model.repeating_spectrum(magnitude)
+    windowed = build_classic({"sample_rate": 16000, "repet_window_seconds": 2.0}).repeating_spectrum(magnitude)
+    assert torch.allclose(whole[:, 50], patterns[:, 5])
+    assert (windowed[:, 50] - patterns[:, 5]).abs().mean() > 0.1
 
 
 # ----------------------------------------------------------------------------- contract
