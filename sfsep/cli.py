@@ -87,8 +87,9 @@ ClipOpt = typer.Option("clamp", "--clip", help="clamp | rescale | none: what to 
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip the file).")
 DownmixOpt = typer.Option(False, "--downmix", help="Fold inputs with more than 2 channels to stereo.")
 ResamplerOpt = typer.Option("auto", "--resampler", "-r",
-                            help="auto | conventional | noisy | noise | none. auto: noisy below the model's rate, "
-                                 "conventional above, none when equal.")
+                            help="auto | conventional | noisy | noise | trainable | none. auto: noisy below the model's "
+                                 "rate, conventional above, none when equal. trainable: the kernel "
+                                 "`sfsep train-kernel` trained for this model and rate.")
 SigmaOpt = typer.Option(1e-3, "--sigma", help="Noisy-kernel noise standard deviation (default 1e-3, i.e. variance 1e-6).")
 SnrOpt = typer.Option(20.0, "--snr", help="SNR in dB of the noise added by --resampler noise.")
 SeedOpt = typer.Option(None, "--seed", help="Seed for the random resamplers, to reproduce a run.")
@@ -556,7 +557,8 @@ def eval_command(
     musdb: Optional[Path] = typer.Option(None, "--musdb", help="MUSDB18-HQ folder (wav layout). Default: $MUSDB_PATH."),
     subset: str = typer.Option("test", "--subset", help="test | train | valid (musdb's 14-track validation split)."),
     tracks: Optional[int] = typer.Option(None, "--tracks", help="Evaluate only the first N tracks of the subset."),
-    track: Optional[List[str]] = typer.Option(None, "--track", help="Evaluate this track (folder name); repeatable."),
+    track: Optional[List[str]] = typer.Option(None, "--track", metavar="NAME",
+                                              help="Evaluate this track (folder name); repeatable."),
     rates: str = typer.Option("8000,11025,16000,22050,32000,44100", "--rates",
                               help="Test sampling rates in Hz, comma-separated (each <= 44100)."),
     resamplers: str = typer.Option("conventional,noisy", "--resamplers",
@@ -565,7 +567,9 @@ def eval_command(
                                         "At the model's own rate nothing is resampled: that row is 'none'."),
     metrics: str = typer.Option("bsseval,sdr,si_sdr", "--metrics",
                                 help="bsseval (museval's framewise v4), sdr (whole-signal), si_sdr; comma-separated."),
-    model: Optional[str] = ModelOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-n",
+                                        help="Model to evaluate (`sfsep models` lists them). Default: the default "
+                                             "model of `separate`; classic and nmf need no weights."),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Results go to OUT/<model>/."),
     force: bool = typer.Option(False, "--force", help="Recompute results that are already stored."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random resamplers (noisy, noise); each result's draw "
@@ -629,6 +633,257 @@ def eval_command(
     if "sdr_vs_rate.png" not in written:
         console.print("(no plot: install the plot extra, pip install 'sfsep[plot]', for sdr_vs_rate.png)")
 
+
+
+# --------------------------------------------------------------------------------------------
+# Trainable kernel and sampling-frequency diagnostics
+
+
+@app.command("train-kernel")
+def train_kernel_command(
+    model: str = typer.Option(..., "--model", "-n", help="The separator to train the kernel for (it stays frozen).",
+                              show_default=False),
+    rate: int = typer.Option(..., "--rate", help="Input rate in Hz the kernel upsamples from (e.g. 8000).",
+                             show_default=False),
+    musdb: Optional[Path] = typer.Option(None, "--musdb", help="MUSDB18-HQ root (default: $MUSDB_PATH)."),
+    epochs: int = typer.Option(100, "--epochs", help="Most epochs."),
+    patience: int = typer.Option(10, "--patience", help="Stop after this many epochs without a better validation loss."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Segments per batch."),
+    steps_per_epoch: int = typer.Option(32, "--steps-per-epoch", help="Random training batches per epoch."),
+    valid_segments: int = typer.Option(2, "--valid-segments", help="Fixed segments per validation track."),
+    segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds",
+                                                    help="Segment length (default: the model's chunk)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    lr_decay: float = typer.Option(0.98, "--lr-decay", help="Learning-rate factor applied every --decay-every epochs."),
+    decay_every: int = typer.Option(2, "--decay-every", help="Epochs between learning-rate decays."),
+    clip_norm: float = typer.Option(5.0, "--clip-norm", help="Gradient clipping norm."),
+    fit_steps: int = typer.Option(3000, "--fit-steps", help="Steps fitting the kernel to the windowed sinc first."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the initial fit and the random segments."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Where to save (default: <cache>/kernels/<model>/<rate>.pt, which "
+                                            "--resampler trainable reads)."),
+    device: str = DeviceOpt,
+    offline: bool = OfflineOpt,
+    weights: Optional[Path] = WeightsOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Train the resampling kernel for a model and input rate on MUSDB18-HQ (the model stays frozen)."""
+    from .training import TrainSettings, train_kernel_for_model
+
+    settings = TrainSettings(rate=rate, segment_seconds=segment_seconds, batch_size=batch_size, epochs=epochs,
+                             patience=patience, learning_rate=lr, lr_decay=lr_decay, decay_every=decay_every,
+                             clip_norm=clip_norm, steps_per_epoch=steps_per_epoch, valid_segments=valid_segments,
+                             fit_steps=fit_steps, seed=seed)
+    settings.check()
+    spec, config = _model_and_config(model, config, weights)
+    separator = _load_separator(spec, True, device=device, weights=weights, offline=offline, config=config)
+    err = _stderr()
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    with bar:
+        task = bar.add_task("fitting the kernel to the windowed sinc", total=None)
+
+        def update(event) -> None:
+            total = event.epochs * event.steps
+            if event.phase == "step":
+                bar.update(task, total=total, completed=(event.epoch - 1) * event.steps + event.step,
+                           description=f"epoch {event.epoch}/{event.epochs} loss {event.train_loss:.3e} "
+                                       f"(best valid {event.best_valid_loss:.3e})")
+            elif event.phase == "valid":
+                bar.update(task, total=total, completed=event.epoch * event.steps)
+                err.print(f"epoch {event.epoch}: validation loss {event.valid_loss:.4e}")
+
+        path, result = train_kernel_for_model(separator, musdb, settings, output=out, progress=update)
+    console = _stdout()
+    console.print(f"kernel for {spec.name} at {rate} Hz saved to {path}")
+    console.print(f"  initial fit to the windowed sinc: max error {result.fit['max_abs']:.2e}, "
+                  f"rms {result.fit['rms']:.2e}")
+    console.print(f"  validation loss {result.valid_curve[0]:.4e} before training, "
+                  f"{result.valid_curve[result.best_epoch]:.4e} at best epoch {result.best_epoch} "
+                  f"of {len(result.train_curve)}{' (stopped early)' if result.stopped_early else ''}")
+    if out is not None:
+        from .resample.trainable import kernel_path
+
+        console.print(f"  (saved outside the cache: copy it to {kernel_path(spec.name, rate)} for "
+                      f"--resampler trainable)")
+
+
+diagnose_app = typer.Typer(help="Sampling-frequency diagnostics on your own files (no reference stems needed).",
+                           no_args_is_help=True, rich_markup_mode=None,
+                           context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(diagnose_app, name="diagnose")
+
+
+def _rates_option(text: str) -> list[int]:
+    try:
+        rates = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--rates {text}: give whole numbers of Hz separated by commas (e.g. 8000,16000)")
+    if not rates:
+        raise UsageError("--rates: give at least one rate (e.g. 8000,16000)")
+    return rates
+
+
+def _diagnose_separator(model, weights, config, device, offline):
+    spec, config = _model_and_config(model, config, weights)
+    return _load_separator(spec, model is not None or config is not None, device=device, weights=weights,
+                           offline=offline, config=config)
+
+
+@diagnose_app.command("consistency")
+def diagnose_consistency(
+    files: List[Path] = typer.Argument(..., help="Audio files.", show_default=False),
+    model: Optional[str] = ModelOpt,
+    rates: str = typer.Option("8000,16000", "--rates", help="Low rates to test, comma-separated."),
+    resamplers: str = typer.Option("conventional,noisy", "--resamplers",
+                                   help="Resamplers to compare: some of conventional, noisy, noise, trainable."),
+    sigma: float = SigmaOpt,
+    snr: float = SnrOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed for the random resamplers."),
+    device: str = DeviceOpt,
+    offline: bool = OfflineOpt,
+    weights: Optional[Path] = WeightsOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """How far the model's output at low rates departs from its own full-band output (dB, higher is closer).
+
+    A proxy without references: the file is separated at the model's rate, and separately brought
+    down to each rate, separated with each resampler and compared below rate/2 (see the README).
+    """
+    from . import audio as audio_io
+    from .diagnose import consistency, summarize_consistency
+    from .resample import METHODS
+
+    rate_list = _rates_option(rates)
+    names = [item.strip() for item in resamplers.split(",") if item.strip()]
+    for name in names:
+        if name not in METHODS or name == "none":
+            raise UsageError(f"--resamplers {name}: use some of conventional, noisy, noise, trainable")
+    settings = _settings("auto", sigma, snr, seed, None, None, None, device, "fp32")
+    for path in files:
+        audio_io.check_input(path)
+    separator = _diagnose_separator(model, weights, config, device, offline)
+    rows = []
+    for path in files:
+        audio, file_rate = audio_io.read(path)
+        rows += consistency(separator, audio, file_rate, rate_list, names, settings=settings, name=str(path))
+    summary = summarize_consistency(rows)
+    if as_json:
+        typer.echo(json.dumps({"rows": [row.__dict__ for row in rows],
+                               "summary": [{"rate": r, "resampler": m, **v} for (r, m), v in summary.items()]},
+                              indent=2))
+        return
+    stems = [key for key in next(iter(summary.values())) if key != "mean"]
+    table = Table(title=f"sfsep diagnose consistency: {separator.name}, {len(files)} file(s) "
+                        f"(SDR-style dB vs the model's full-band output, below rate/2; higher is closer)")
+    for column in ["rate", "resampler", *stems, "mean"]:
+        table.add_column(column, justify="left" if column == "resampler" else "right")
+    for rate in sorted({r for r, _ in summary}):
+        best = max((m for r, m in summary if r == rate), key=lambda m: summary[(rate, m)]["mean"])
+        for (r, method), values in summary.items():
+            if r != rate:
+                continue
+            mark = " *" if method == best and len(names) > 1 else ""
+            table.add_row(str(rate), method + mark, *[f"{values[s]:.2f}" for s in stems], f"{values['mean']:.2f}")
+    console = _stdout()
+    console.print(table)
+    console.print("* closest to the full-band output at that rate. This is a proxy (no references): it measures "
+                  "consistency with the model's own full-band output, not separation quality.")
+
+
+@diagnose_app.command("lee")
+def diagnose_lee(
+    files: List[Path] = typer.Argument(..., help="Audio files.", show_default=False),
+    model: Optional[str] = ModelOpt,
+    rates: str = typer.Option("8000,16000", "--rates", help="Rates whose band above rate/2 is removed."),
+    device: str = DeviceOpt,
+    offline: bool = OfflineOpt,
+    weights: Optional[Path] = WeightsOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Our local equivariance error for rate changes (0 = output below rate/2 ignores the band above)."""
+    from . import audio as audio_io
+    from .diagnose import local_equivariance_error
+
+    rate_list = _rates_option(rates)
+    for path in files:
+        audio_io.check_input(path)
+    separator = _diagnose_separator(model, weights, config, device, offline)
+    loaded = [audio_io.read(path) for path in files]
+    results = local_equivariance_error(separator, loaded, rate_list)
+    if as_json:
+        typer.echo(json.dumps([result.__dict__ for result in results], indent=2))
+        return
+    stems = list(results[0].per_stem) if results else []
+    table = Table(title=f"sfsep diagnose lee: {separator.name}, {len(files)} file(s) (sfsep's own LEE definition)")
+    for column in ["rate", "LEE", *stems]:
+        table.add_column(column, justify="right")
+    for result in results:
+        table.add_row(str(result.rate), f"{result.lee:.4f}", *[f"{result.per_stem[s]:.4f}" for s in stems])
+    console = _stdout()
+    console.print(table)
+    console.print("LEE(r) = ||S(model(x_r)) - S(model(x))|| / ||S(model(x))||, S the magnitude STFT of the stems "
+                  "below r/2, x_r the input with its band above r/2 removed; mean over files (see the README).")
+
+
+@diagnose_app.command("spectrum")
+def diagnose_spectrum(
+    file: Path = typer.Argument(..., help="Audio file.", show_default=False),
+    rate: int = typer.Option(..., "--rate", help="Input rate to simulate (the file is brought down to it).",
+                             show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", "-n",
+                                        help="Model whose rate is the target (and whose trained kernel is shown)."),
+    target_rate: Optional[int] = typer.Option(None, "--target-rate", help="Upsample to this rate instead."),
+    sigma: float = SigmaOpt,
+    snr: float = SnrOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed for the random resamplers."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of kernels and spectrograms here "
+                                                             "(needs matplotlib: sfsep[plot])."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Energy each resampler puts above the input's Nyquist frequency: kernels and the resampled file."""
+    from . import audio as audio_io
+    from .diagnose import plot_spectrum, spectrum_report
+    from .errors import ResampleError
+    from .registry import DEFAULT_MODEL, get_spec
+    from .resample.trainable import kernel_path, load_trained_kernel
+
+    spec = get_spec(model or DEFAULT_MODEL)
+    target = target_rate or spec.trained_rate
+    if target is None:
+        raise UsageError(f"--model {spec.name} runs at any rate; pass --target-rate")
+    audio, file_rate = audio_io.read(file)
+    trained = None
+    if kernel_path(spec.name, rate).is_file() and target == spec.trained_rate:
+        try:
+            trained = load_trained_kernel(spec.name, rate)
+        except ResampleError as exc:
+            _stderr().print(f"[yellow]{exc}[/]")
+    report = spectrum_report(audio, file_rate, rate, target, sigma=sigma, snr_db=snr, seed=seed,
+                             trained_kernel=trained)
+    written = plot_spectrum(report, plot, title=f"{file.name}: {rate} Hz -> {target} Hz") if plot else None
+    if as_json:
+        typer.echo(json.dumps({"rate": rate, "target_rate": target, "strategies": report.rows(),
+                               "plot": str(written) if written else None}, indent=2))
+        return
+    table = Table(title=f"sfsep diagnose spectrum: {file.name}, {rate} Hz -> {target} Hz "
+                        f"(energy above {rate / 2000:g} kHz, dB of the total)")
+    for column in ("resampler", "kernel", f"kernel above {1.25 * rate / 2000:g} kHz", "resampled file"):
+        table.add_column(column, justify="left" if column == "resampler" else "right")
+    for row in report.rows():
+        if row["kernel_above_db"] is None:
+            kernel_texts = ["(conventional)", "(conventional)"]
+        else:
+            kernel_texts = [f"{row['kernel_above_db']:.1f}", f"{row['kernel_stopband_db']:.1f}"]
+        table.add_row(row["strategy"], *kernel_texts, f"{row['signal_above_db']:.1f}")
+    console = _stdout()
+    console.print(table)
+    if trained is None:
+        console.print(f"no trained kernel for {spec.name} at {rate} Hz (`sfsep train-kernel` makes one)")
+    if written:
+        console.print(f"plot written to {written}")
 
 
 # --------------------------------------------------------------------------------------------
