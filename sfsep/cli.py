@@ -870,14 +870,16 @@ def diagnose_spectrum(
         return
     table = Table(title=f"sfsep diagnose spectrum: {file.name}, {rate} Hz -> {target} Hz "
                         f"(energy above {rate / 2000:g} kHz, dB of the total)")
-    for column in ("resampler", "kernel", f"kernel above {1.25 * rate / 2000:g} kHz", "resampled file"):
+    stopband = f"above {1.25 * rate / 2000:g} kHz"
+    for column in ("resampler", "kernel", f"kernel {stopband}", "resampled file", f"file {stopband}"):
         table.add_column(column, justify="left" if column == "resampler" else "right")
     for row in report.rows():
         if row["kernel_above_db"] is None:
-            kernel_texts = ["(conventional)", "(conventional)"]
+            kernel_texts = ["as conv.", "as conv."]
         else:
             kernel_texts = [f"{row['kernel_above_db']:.1f}", f"{row['kernel_stopband_db']:.1f}"]
-        table.add_row(row["strategy"], *kernel_texts, f"{row['signal_above_db']:.1f}")
+        table.add_row(row["strategy"], *kernel_texts, f"{row['signal_above_db']:.1f}",
+                      f"{row['signal_stopband_db']:.1f}")
     console = _stdout()
     console.print(table)
     if trained is None:
