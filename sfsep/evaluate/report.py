@@ -56,6 +56,8 @@ HEADLINE_LABELS = {
     "si_sdr": "SI-SDR (median over tracks)",
 }
 
+_SHORT_LABELS = {"bsseval.SDR": "SDR", "sdr": "whole-signal SDR", "si_sdr": "SI-SDR"}
+
 
 def aggregate_values(values: Sequence[float]) -> TrackAggregate:
     """Median, mean, standard error and count over the non-NaN values."""
@@ -316,9 +318,10 @@ def plot_sdr_vs_rate(summary: Summary, path: str | os.PathLike) -> Path | None:
         axis.set_xticks(rates)
         axis.set_xticklabels([f"{rate / 1000:g}k" for rate in rates], rotation=45)
         axis.minorticks_off()
+        axis.ticklabel_format(axis="y", useOffset=False)
         axis.grid(True, alpha=0.3)
         if index % columns == 0:
-            axis.set_ylabel(summary.headline.replace("bsseval.", "") + " (dB)")
+            axis.set_ylabel(_SHORT_LABELS.get(summary.headline, summary.headline) + " (dB)")
         if index // columns == rows_count - 1:
             axis.set_xlabel("test sampling rate (Hz)")
     for index in range(len(targets), rows_count * columns):
