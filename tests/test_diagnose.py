@@ -146,3 +146,33 @@ def test_cli_diagnose_spectrum_json_and_png(run_cli, tmp_path):
     assert text.code == 0 and "resampled file" in text.out and "noisy" in text.out
     bad = run_cli("diagnose", "spectrum", song, "--rate", "8000", "--model", "classic")
     assert bad.code == 2 and "--target-rate" in bad.err
+
+
+def test_cli_consistency_and_lee_with_a_real_architecture(run_cli, shared, tmp_path):
+    """The commands as thin layers over the functions: tiny SCNet weights (44.1 kHz), a file at 22.05 kHz."""
+    import yaml
+
+    data = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data["config"], sort_keys=False))
+    torch.save({"state_dict": data["state_dict"]}, tmp_path / "tiny.ckpt")
+    model = ("--model", "scnet", "--weights", tmp_path / "tiny.ckpt", "--config", tmp_path / "tiny.yaml")
+    rng = np.random.default_rng(1)
+    song = tmp_path / "song.wav"
+    sf.write(song, (0.2 * rng.standard_normal((11025, 2))).astype(np.float32), 22050)
+    result = run_cli("diagnose", "consistency", song, *model, "--rates", "8000", "--resamplers",
+                     "conventional,noisy,noise", "--json")
+    assert result.code == 0, result
+    data = json.loads(result.out)
+    assert {(row["rate"], row["resampler"]) for row in data["summary"]} == {
+        (8000, "conventional"), (8000, "noisy"), (8000, "noise")}
+    assert all(np.isfinite(row["sdr_db"]) for row in data["rows"])
+    table = run_cli("diagnose", "consistency", song, *model, "--rates", "8000")
+    assert table.code == 0 and "proxy" in table.out and "*" in table.out
+    lee = run_cli("diagnose", "lee", song, *model, "--rates", "8000,16000", "--json")
+    assert lee.code == 0, lee
+    values = {row["rate"]: row["lee"] for row in json.loads(lee.out)}
+    assert set(values) == {8000, 16000} and all(v > 0 for v in values.values())
+    bad = run_cli("diagnose", "lee", song, *model, "--rates", "48000")
+    assert bad.code == 2 and "--rates" in bad.err
+    unknown = run_cli("diagnose", "consistency", song, *model, "--resamplers", "sinc")
+    assert unknown.code == 2 and "--resamplers sinc" in unknown.err

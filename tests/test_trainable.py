@@ -246,3 +246,39 @@ def test_train_kernel_on_a_musdb_folder_saves_and_the_pipeline_uses_it(monkeypat
     mix, stems = segments.fixed_batches(1, 4)[0]
     assert mix.shape == (1, 2, LOW_LENGTH) and stems.shape == (1, 2, 2, LOW_LENGTH)
     assert torch.allclose(mix, stems[:, 0], atol=1e-6) and stems[:, 1].abs().max() == 0
+
+
+def _tiny_scnet(shared, tmp_path):
+    """The tiny SCNet parity fixture (44.1 kHz) as a user's checkpoint and MSST YAML config."""
+    import yaml
+
+    data = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data["config"], sort_keys=False))
+    torch.save({"state_dict": data["state_dict"]}, tmp_path / "tiny.ckpt")
+    return tmp_path / "tiny.ckpt", tmp_path / "tiny.yaml"
+
+
+def test_cli_train_kernel_then_resampler_trainable(run_cli, shared, tmp_path, monkeypatch, wav_file):
+    """A real architecture through the commands: `sfsep train-kernel` (one tiny epoch), then
+    `--resampler trainable` finds the kernel; another rate gives the clear error."""
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    ckpt, config = _tiny_scnet(shared, tmp_path)
+    root = tmp_path / "musdb"
+    _write_track(root / "train" / "A - One", 0.5, 1)
+    _write_track(root / "train" / "Actions - One Minute Smile", 0.5, 3)
+    model = ("--model", "scnet", "--weights", ckpt, "--config", config)
+    song = wav_file("phone.wav", rate=8000, seconds=0.3)
+    missing = run_cli(song, *model, "--out", tmp_path / "out", "--resampler", "trainable")
+    assert missing.code == 1 and "sfsep train-kernel --model scnet --rate 8000" in missing.err, missing
+    trained = run_cli("train-kernel", *model, "--rate", "8000", "--musdb", root, "--epochs", "1",
+                      "--steps-per-epoch", "1", "--batch-size", "1", "--valid-segments", "1", "--fit-steps", "50")
+    assert trained.code == 0, trained
+    assert (tmp_path / "cache" / "kernels" / "scnet" / "8000.pt").is_file()
+    assert "validation loss" in trained.out and "8000.pt" in trained.out
+    used = run_cli(song, *model, "--out", tmp_path / "out", "--resampler", "trainable")
+    assert used.code == 0 and "resampler trainable" in used.out, used
+    other = run_cli(wav_file("radio.wav", rate=16000, seconds=0.3), *model, "--out", tmp_path / "out",
+                    "--resampler", "trainable")
+    assert other.code == 1 and "--rate 16000" in other.err
+    bad = run_cli("train-kernel", *model, "--rate", "44100", "--musdb", root)
+    assert bad.code == 2 and "--rate 44100" in bad.err
