@@ -21,6 +21,7 @@ from sfsep.evaluate.musdb import list_tracks
 from sfsep.evaluate.report import summarize, table_rows, write_all
 from sfsep.evaluate.runner import (
     Cell,
+    cell_seed,
     evaluate,
     musdb_targets,
     parse_metrics,
@@ -240,6 +241,9 @@ def test_fixed_rate_model_compares_resamplers(musdb_root, tmp_path):
     assert records[("noisy", 8000)]["strategy"] == "noisy"
     assert records[("none", 44100)]["strategy"] == "none"
     assert all(rec["model_rate"] == RATE for rec in records.values())
+    # the noisy draw is seeded per cell, from (seed, track, rate, resampler) only
+    assert records[("noisy", 8000)]["seed_used"] == cell_seed(0, Cell(tracks[0], 8000, "noisy"))
+    assert records[("conventional", 8000)]["seed_used"] is None
     conventional = records[("conventional", 8000)]["scores"]["sdr"]
     noisy = records[("noisy", 8000)]["scores"]["sdr"]
     for target in conventional:  # the noisy kernel changes the result, slightly
@@ -327,6 +331,9 @@ def test_plan_dedupes_at_the_trained_rate_and_skips_untrained_kernels(musdb_root
     cells = plan_cells([track], (8000, 44100), ("conventional", "noisy"), None)
     assert [(c.resampler, c.rate) for c in cells] == [("none", 8000), ("none", 44100)]
     assert isinstance(cells[0], Cell) and cells[0].config_name == "none-8000"
+    seeds = {cell_seed(0, Cell(track, rate, name)) for rate in (8000, 16000) for name in ("noisy", "noise")}
+    assert len(seeds) == 4 and cell_seed(0, Cell(track, 8000, "noisy")) == cell_seed(0, Cell(track, 8000, "noisy"))
+    assert cell_seed(1, Cell(track, 8000, "noisy")) != cell_seed(0, Cell(track, 8000, "noisy"))
 
 
 def test_target_mapping():

@@ -444,6 +444,8 @@ def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: Tar
     estimates = torch.stack([
         sum(separation.stems[name] for name in targets.estimates[target]) for target in targets.targets
     ]).to(references.dtype)
+    if separator.device.type == "cuda":  # score where the model ran (float64: not on MPS)
+        references, estimates = references.to(separator.device), estimates.to(separator.device)
 
     tick = time.perf_counter()
     notes = list(targets.notes)
