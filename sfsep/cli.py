@@ -605,19 +605,29 @@ def eval_command(
         f" (config {config})" if config else "")
     folder = out / separator.spec.name
     err = _stderr()
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("results"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
-        task = progress.add_task("eval", total=None)
+        task = progress.add_task("eval", total=None, unit="results")
+        chunks = progress.add_task("separating", total=None, unit="chunks", visible=False)
 
         def update(event) -> None:
+            from rich.markup import escape
+
             label = f"{event.cell.track.name} @ {event.cell.rate} Hz, {event.cell.resampler}"
             progress.update(task, completed=event.done, total=event.total,
-                            description=("reused " if event.status == "skipped" else "") + label)
+                            description=escape(("reused " if event.status == "skipped" else "") + label))
+            if event.status == "started":
+                progress.reset(chunks, total=None, visible=True)
+            else:
+                progress.update(chunks, visible=False)
+
+        def update_chunks(done: int, total: int) -> None:
+            progress.update(chunks, completed=done, total=total)
 
         run = evaluate(separator, selected, folder, rates=rate_list, resamplers=resampler_list,
                        metrics=metric_list, settings=settings, seed=seed, force=force, model_id=model_id,
-                       progress=update)
+                       progress=update, chunk_progress=update_chunks)
     summary = summarize(run)
     written = write_all(summary, folder)
     if as_json:

@@ -350,13 +350,15 @@ def evaluate(
     force: bool = False,
     model_id: str | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
+    chunk_progress: Callable[[int, int], None] | None = None,
 ) -> EvalRun:
     """Run (or resume) the evaluation of `separator` on `tracks`; results go under `folder`.
 
     `settings` carries the pipeline options (sigma, gate_db, chunking, device, ...); its
     resampler and seed are set per cell. `model_id` names the model in the records (default:
     the spec's name; the CLI adds the weights file when --weights is used). `progress` is
-    called with an `EvalProgress` when a cell starts and when it is done or skipped.
+    called with an `EvalProgress` when a cell starts and when it is done or skipped;
+    `chunk_progress(done, total)` follows the chunks of the separation running.
     """
     started = time.perf_counter()
     settings = settings or Settings()
@@ -402,7 +404,8 @@ def evaluate(
                 progress(EvalProgress(done, total, cell, "started"))
             if audio is None:
                 audio = _TrackAudio(cell.track, targets)
-            record = _run_cell(cell, separator, audio, targets, metrics, settings, seed, fingerprint, folder)
+            record = _run_cell(cell, separator, audio, targets, metrics, settings, seed, fingerprint, folder,
+                               chunk_progress)
             done += 1
             run.results.append(CellResult(cell, "done", record))
             if progress:
@@ -434,12 +437,12 @@ class _TrackAudio:
 
 def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: TargetMap,
               metrics: tuple[str, ...], settings: Settings, seed: int, fingerprint: dict,
-              folder: Path) -> dict:
+              folder: Path, chunk_progress: Callable[[int, int], None] | None = None) -> dict:
     mixture, references = audio.at(cell.rate)
     seed_used = cell_seed(seed, cell)
     tick = time.perf_counter()
     separation = separate(mixture, cell.rate, separator, cell.resampler,
-                          settings=replace(settings, seed=seed_used))
+                          settings=replace(settings, seed=seed_used), progress=chunk_progress)
     separate_seconds = time.perf_counter() - tick
     estimates = torch.stack([
         sum(separation.stems[name] for name in targets.estimates[target]) for target in targets.targets
