@@ -32,9 +32,18 @@ samples; a block of x and the same block of y widened by L-1 samples on both sid
 transformed with one FFT of size N >= B + 2(L-1) (no circular wrap-around in the lags we
 keep), the products conj(X) Y are summed over blocks, and one inverse FFT per pair gives
 all 2L-1 lags. One solve with all S*C estimate channels as right-hand sides gives every
-F_i; museval adds eps*I (eps = float64 machine epsilon) and falls back to least squares when
-the solve fails, and so do we. The per-source filters F'_j (estimate j projected on
-reference j alone) solve the diagonal blocks of the same system.
+F_i (museval factors G once per estimate). As museval, we solve (G + eps I) F = D with eps
+= float64 machine epsilon and fall back to least squares when the solve fails; we use
+Cholesky when G is numerically positive definite and LU (museval's solver) otherwise. The
+per-source filters F'_j (estimate j projected on reference j alone) solve the diagonal
+blocks of the same system.
+
+Numerical caveat (museval's as much as ours): with tonal or band-limited sources G is
+numerically singular (condition numbers ~1e21 on the test fixture), the filters are then
+round-off, and so are ISR/SIR/SAR (not SDR, which does not depend on the filters). museval
+0.4.1 itself then moves by several dB on the same input when BLAS uses another thread
+count or all signals are scaled by 3. On well-conditioned input we match museval to 1e-10
+dB.
 
 Per window [s, s+W), the references are cut to the window (zero outside it) and filtered,
 giving signals of W + L - 1 samples:
@@ -344,15 +353,15 @@ def _distortion_filters(
     ref_ref = correlations[:, :num_signals]  # (P, P, 2L-1), lag k at index k + L-1
     ref_est = correlations[:, num_signals:, lags:]  # (P, P, L), lag a >= 0
 
-    # gram[(p, a), (q, b)] = R_pq(a - b), gathered straight into its (P, L, P, L) layout
-    device = references.device
-    signal = torch.arange(num_signals, device=device)
-    taps = torch.arange(filters_len, device=device)
-    gram = ref_ref[
-        signal[:, None, None, None],
-        signal[None, None, :, None],
-        taps[None, :, None, None] - taps[None, None, None, :] + lags,
-    ].reshape(num_signals * filters_len, num_signals * filters_len)
+    # gram[(p, a), (q, b)] = R_pq(a - b) = ref_ref[p, q, a - b + L-1]. With b' = L-1 - b
+    # that is ref_ref[p, q, a + b'], a strided view of ref_ref; flipping b' back copies it
+    # once into the (P, L, P, L) layout.
+    ref_ref = ref_ref.contiguous()
+    stride_p, stride_q, stride_k = ref_ref.stride()
+    gram = ref_ref.as_strided(
+        (num_signals, filters_len, num_signals, filters_len),
+        (stride_p, stride_k, stride_q, stride_k),
+    ).flip(-1).reshape(num_signals * filters_len, num_signals * filters_len)
     rhs = ref_est.permute(0, 2, 1).reshape(num_signals * filters_len, num_signals)
 
     # Each source alone first (its diagonal block): cheap, and if one of these blocks is
@@ -407,7 +416,6 @@ def _framewise_scores(
     # Parseval for a real signal of N = fft_size samples from its rfft half-spectrum:
     # energy = sum_f w_f |X_f|^2, w = 1/N at DC (and at N/2 for even N), 2/N elsewhere
     edges = [0, num_bins - 1] if fft_size % 2 == 0 else [0]
-
     weights = torch.full((num_bins,), 2.0 / fft_size, dtype=torch.float64, device=references.device)
     weights[edges] = 1.0 / fft_size
 
