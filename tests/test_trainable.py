@@ -17,9 +17,10 @@ import soundfile as sf
 import torch
 
 from sfsep.errors import ResampleError
+from sfsep.evaluate.musdb import list_tracks
 from sfsep.pipeline import Separator, separate
 from sfsep.registry import ModelSpec
-from sfsep.resample import apply_kernel, conventional_kernel, kernel_time_offsets, resample
+from sfsep.resample import conventional_kernel, kernel_time_offsets, resample
 from sfsep.resample.trainable import (
     TrainableKernel,
     fit_error,
@@ -241,8 +242,7 @@ def test_train_kernel_on_a_musdb_folder_saves_and_the_pipeline_uses_it(monkeypat
     out = separate(audio, INPUT_RATE, separator, "trainable")
     assert out.strategy == "trainable" and out.stems["vocals"].shape == (2, 3000)
     # The segments really come from the wav files, brought down to the input rate.
-    segments = MusdbSegments([t for t in __import__("sfsep.evaluate.musdb", fromlist=["x"]).list_tracks(root, "valid")],
-                             INPUT_RATE, LOW_LENGTH, ["vocals", "other"])
+    segments = MusdbSegments(list_tracks(root, "valid"), INPUT_RATE, LOW_LENGTH, ["vocals", "other"])
     mix, stems = segments.fixed_batches(1, 4)[0]
     assert mix.shape == (1, 2, LOW_LENGTH) and stems.shape == (1, 2, 2, LOW_LENGTH)
     assert torch.allclose(mix, stems[:, 0], atol=1e-6) and stems[:, 1].abs().max() == 0
