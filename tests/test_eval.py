@@ -30,7 +30,7 @@ from sfsep.evaluate.runner import (
     plan_cells,
 )
 from sfsep.models import build_model
-from sfsep.pipeline import Separator
+from sfsep.pipeline import Separator, Settings
 from sfsep.registry import ModelSpec
 from sfsep.resample import METHODS
 
@@ -257,6 +257,13 @@ def test_fixed_rate_model_compares_resamplers(musdb_root, tmp_path):
     assert all(not math.isnan(v) for row in rows for v in row[2:])
     written = write_all(summary, folder)
     assert written["sdr_vs_rate.png"].stat().st_size > 1000
+
+    # resuming with another kernel-noise level redoes only the noisy cell
+    resumed = evaluate(separator, tracks, folder, rates=(8000, 44100), resamplers=("conventional", "noisy"),
+                       metrics=("sdr",), seed=0, settings=Settings(sigma=2e-3))
+    assert [(r.cell.resampler, r.status) for r in resumed.results] == [
+        ("conventional", "skipped"), ("noisy", "done"), ("none", "skipped")]
+    assert resumed.results[1].record["settings"]["sigma"] == 2e-3
 
     # the seed reproduces the noisy draw; another seed changes it
     again = evaluate(separator, tracks, tmp_path / "again", rates=(8000,), resamplers=("noisy",),

@@ -75,6 +75,7 @@ __all__ = [
     "EvalRun",
     "TargetMap",
     "cell_seed",
+    "cell_settings",
     "evaluate",
     "musdb_targets",
     "parse_metrics",
@@ -371,6 +372,7 @@ def evaluate(
     fingerprint = run_settings(model_id or spec.name, spec.name, settings, seed, targets)
     run = EvalRun(folder, model_id or spec.name, tracks[0].subset if tracks else "", tuple(rates),
                   tuple(resamplers), metrics, targets, fingerprint)
+
     def kernel_exists(rate: int) -> bool:
         return trained_kernel_file(spec.name, rate) is not None
 
@@ -393,7 +395,7 @@ def evaluate(
     for track_cells in by_track.values():
         audio: _TrackAudio | None = None
         for cell in track_cells:
-            record = None if force else _reusable_record(cell, folder, fingerprint, metrics)
+            record = None if force else _reusable_record(cell, folder, cell_settings(fingerprint, cell), metrics)
             if record is not None:
                 done += 1
                 run.results.append(CellResult(cell, "skipped", record))
@@ -440,6 +442,7 @@ def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: Tar
               folder: Path, chunk_progress: Callable[[int, int], None] | None = None) -> dict:
     mixture, references = audio.at(cell.rate)
     seed_used = cell_seed(seed, cell)
+    relevant = cell_settings(fingerprint, cell)
     tick = time.perf_counter()
     separation = separate(mixture, cell.rate, separator, cell.resampler,
                           settings=replace(settings, seed=seed_used), progress=chunk_progress)
@@ -475,8 +478,8 @@ def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: Tar
         "resampler": cell.resampler,
         "model_rate": separation.model_rate,
         "strategy": separation.strategy,
-        "seed_used": seed_used if cell.resampler in _RANDOM_RESAMPLERS else None,
-        "settings": fingerprint,
+        "seed_used": seed_used if "seed" in relevant else None,
+        "settings": relevant,
         "metrics": list(metrics),
         "scores": scores,
         "frames": frames,
@@ -508,8 +511,22 @@ def _bsseval_scores(cell: Cell, references: torch.Tensor, estimates: torch.Tenso
         return scores
 
 
+def cell_settings(fingerprint: dict, cell: Cell) -> dict:
+    """The settings a cell's result depends on: the run's, without the noise settings of the
+    resamplers it does not use (so that changing --sigma only redoes the noisy cells)."""
+    relevant = dict(fingerprint)
+    if cell.resampler != "noisy":
+        relevant.pop("sigma", None)
+    if cell.resampler != "noise":
+        relevant.pop("snr_db", None)
+    if cell.resampler not in _RANDOM_RESAMPLERS and not fingerprint.get("shifts"):
+        relevant.pop("seed", None)  # nothing random happens in this cell
+    return relevant
+
+
 def _reusable_record(cell: Cell, folder: Path, fingerprint: dict, metrics: tuple[str, ...]) -> dict | None:
-    """The cell's stored record when it can stand for this run's result, else None."""
+    """The cell's stored record when it was made with the settings `fingerprint` (the cell's
+    `cell_settings`) and covers `metrics`, else None."""
     path = cell.record_path(folder)
     if not path.is_file():
         return None
