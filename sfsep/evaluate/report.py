@@ -44,6 +44,7 @@ __all__ = [
     "table_rows",
     "rich_table",
     "markdown_table",
+    "summary_document",
     "write_all",
     "plot_sdr_vs_rate",
     "HEADLINE_LABELS",

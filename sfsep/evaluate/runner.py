@@ -37,9 +37,11 @@ Files (under the run's folder, normally eval/<model>/)
     records/<resampler>-<rate>/<subset>/<track>.json   sfsep's record of the cell: settings,
                                                        per-track scores, timings, notes
 The record is written last (atomically), so its presence marks a finished cell. A rerun skips
-the cells whose record exists with the same settings (model, seed, sigma, gate, chunking,
-...) and covers the requested metrics; other cells, and every cell under `force`, are
-computed again. Random resamplers get a seed derived from (seed, track, rate, resampler), so
+the cells whose record covers the requested metrics and was made with the same settings as
+far as that cell depends on them (`cell_settings`: model and weights, targets, gate,
+chunking, precision; sigma only for noisy cells, the SNR only for noise cells, the seed only
+for random ones; for trainable cells, the same kernel file); other cells, and every cell under
+`force`, are computed again. Random resamplers get a seed derived from (seed, track, rate, resampler), so
 a cell's result does not depend on which other cells ran before it.
 """
 
@@ -82,6 +84,9 @@ __all__ = [
     "parse_rates",
     "parse_resamplers",
     "plan_cells",
+    "run_settings",
+    "settings_summary",
+    "trained_kernel_file",
 ]
 
 #: Test rates of the study (Hz).
