@@ -15,7 +15,9 @@ The function (our design; the paper's exact parametrisation is not available to 
                   -> Linear(32, 1)                                 (three layers, 32 units)
 
 Why the features and the window: the windowed sinc has 47 lobes over [-L, L]; an MLP of this
-size fed t alone is piecewise linear in t and fits it to only ~3e-2 (max error, measured).
+size fed t alone is piecewise linear in t, and the same fit (3000 steps) leaves a max error of
+6.6e-2 and an rms error of 1.3e-2; with the features and the window it reaches 1.1e-2 and
+1.0e-3 (measured, seed 0).
 Giving it sin(pi t) and cos(pi t) lets it build oscillations at the sinc's own period, and
 the Kaiser factor keeps the support finite and the kernel continuous at +-L, where the time
 grid is clamped (those clamped taps are exactly zero, as in the conventional kernel). The
