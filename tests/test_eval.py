@@ -274,6 +274,33 @@ def test_fixed_rate_model_compares_resamplers(musdb_root, tmp_path):
     assert other.results[0].record["scores"]["sdr"] != noisy
 
 
+def test_trainable_rows_only_where_a_kernel_is_trained_and_redone_when_it_changes(musdb_root, tmp_path,
+                                                                                 monkeypatch):
+    from sfsep.resample.trainable import initial_kernel, kernel_path, save_kernel
+
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    kernel, _ = initial_kernel(fit_steps=5)  # its quality does not matter here
+    path = save_kernel(kernel, kernel_path("pinned", 8000))
+    separator = _pinned_separator()
+    tracks = list_tracks(musdb_root, "test", tracks=1)
+    folder = tmp_path / "trainable"
+    options = dict(rates=(8000, 16000), resamplers=parse_resamplers("all"), metrics=("sdr",))
+    run = evaluate(separator, tracks, folder, **options)
+    cells = [(r.cell.resampler, r.cell.rate) for r in run.results]
+    assert cells == [("conventional", 8000), ("noisy", 8000), ("noise", 8000), ("trainable", 8000),
+                     ("conventional", 16000), ("noisy", 16000), ("noise", 16000)]
+    trainable = run.results[3].record
+    assert trainable["strategy"] == "trainable" and trainable["kernel"]["path"] == str(path)
+    assert trainable["scores"]["sdr"] != run.results[0].record["scores"]["sdr"]
+    assert any("no kernel trained for pinned at 16000 Hz" in note for note in run.notes)
+
+    with torch.no_grad():  # "retrained": the stored trainable result is stale, the others are not
+        next(kernel.parameters()).add_(1e-3)
+    save_kernel(kernel, path)
+    again = evaluate(separator, tracks, folder, **options)
+    assert [r.status for r in again.results] == ["skipped"] * 3 + ["done"] + ["skipped"] * 3
+
+
 def test_vocals_model_is_scored_on_vocals_and_accompaniment(musdb_root, tmp_path):
     separator = _pinned_separator(stems=("vocals",), residual="other", module=_FirstStems(1))
     tracks = list_tracks(musdb_root, "test", tracks=1)

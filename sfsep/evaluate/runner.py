@@ -40,13 +40,14 @@ The record is written last (atomically), so its presence marks a finished cell. 
 the cells whose record covers the requested metrics and was made with the same settings as
 far as that cell depends on them (`cell_settings`: model and weights, targets, gate,
 chunking, precision; sigma only for noisy cells, the SNR only for noise cells, the seed only
-for random ones; for trainable cells, the same kernel file); other cells, and every cell under
-`force`, are computed again. Random resamplers get a seed derived from (seed, track, rate, resampler), so
-a cell's result does not depend on which other cells ran before it.
+for random ones; for trainable cells, the same kernel file content); other cells, and every
+cell under `force`, are computed again. Random resamplers get a seed derived from (seed,
+track, rate, resampler), so a cell's result does not depend on which other cells ran before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -551,14 +552,14 @@ def _reusable_record(cell: Cell, folder: Path, fingerprint: dict, metrics: tuple
 
 
 def _kernel_stamp(cell: Cell, model_name: str) -> dict | None:
-    """Which trained kernel a "trainable" cell used (path, size, mtime); None for the others."""
+    """Which trained kernel a "trainable" cell used (path and sha256 of the file, a few kB);
+    None for the other cells."""
     if cell.resampler != "trainable":
         return None
     path = trained_kernel_file(model_name, cell.rate)
     if path is None:
         return None
-    stat = path.stat()
-    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _write_json(path: Path, document: dict) -> None:
