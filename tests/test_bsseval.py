@@ -34,6 +34,7 @@ from sfsep.evaluate.bsseval import (
     TrackScores,
     aggregate_tracks,
     bss_eval_v4,
+    evaluate_track,
     nanmedian,
 )
 from sfsep.evaluate.metrics import si_sdr, utterance_sdr
@@ -304,6 +305,39 @@ def test_load_round_trip(fixture, tmp_path):
     loaded = TrackScores.load(original.save(tmp_path / "synthetic_8s.json"))
     assert loaded.track_name == "synthetic_8s" and (loaded.win, loaded.hop) == (1.0, 1.0)
     assert loaded.to_json() == original.to_json()
+
+
+def test_evaluate_track_uses_museval_target_grouping():
+    generator = torch.Generator().manual_seed(3)
+    names = ["vocals", "drums", "bass", "other"]
+    refs = {name: torch.randn(2, 2400, generator=generator, dtype=torch.float64) for name in names}
+    refs["accompaniment"] = refs["drums"] + refs["bass"] + refs["other"]
+    ests = {name: refs[name] + 0.2 * torch.randn(2, 2400, generator=generator, dtype=torch.float64)
+            for name in refs}
+    ests["bass"] = ests["bass"][:, :2300]  # zero-padded to the reference length
+    scores = evaluate_track("t", refs, ests, rate=800, win=1.0, hop=0.5, filters_len=16)
+    # museval's order: the joint group without vocals, then vocals and accompaniment
+    assert list(scores.targets) == ["drums", "bass", "other", "vocals", "accompaniment"]
+    assert (scores.win, scores.hop) == (1.0, 0.5)
+    joint = bss_eval_v4(
+        torch.stack([refs[n] for n in names]),
+        torch.stack([torch.nn.functional.pad(ests[n], (0, 2400 - ests[n].shape[-1])) for n in names]),
+        800, 400, filters_len=16,
+    )
+    pair = bss_eval_v4(
+        torch.stack([refs["vocals"], refs["accompaniment"]]),
+        torch.stack([ests["vocals"], ests["accompaniment"]]), 800, 400, filters_len=16,
+    )
+    expected = {"drums": (joint, 1), "bass": (joint, 2), "other": (joint, 3),
+                "vocals": (pair, 0), "accompaniment": (pair, 1)}
+    for name, (result, index) in expected.items():
+        assert len(scores.targets[name]["SDR"]) == 5  # floor((2400 - 800 + 400) / 400)
+        for metric, values in result.as_dict().items():
+            np.testing.assert_allclose(
+                scores.targets[name][metric], values[index].numpy(), atol=1e-5, err_msg=name
+            )
+    with pytest.raises(ValueError, match="at least two targets"):
+        evaluate_track("t", refs, {"vocals": ests["vocals"]}, rate=800, filters_len=16)
 
 
 # ------------------------------------------------------------------------------ aggregation

@@ -1,6 +1,6 @@
 """BSSEval v4 (the museval "images" metrics) in torch, and museval-format score files.
 
-This file owns three things:
+This file owns four things:
 
 1. `bss_eval_v4`: framewise SDR / ISR / SIR / SAR exactly as museval 0.4.1 computes them
    with `museval.evaluate(refs, ests, win, hop)` (mode "v4", images version, 512-tap filters),
@@ -9,6 +9,7 @@ This file owns three things:
    `TrackStore` writes (same layout, values quantized to 1e-5, +-inf written as NaN).
 3. Aggregation: the median over frames of each track, then the median (and the mean and its
    standard error) over tracks: the "median of medians" that MUSDB results are quoted in.
+4. `evaluate_track`: one track scored with museval's `eval_mus_track` target grouping.
 
 The math
 --------
@@ -97,6 +98,7 @@ __all__ = [
     "TrackAggregate",
     "bss_eval_v4",
     "aggregate_tracks",
+    "evaluate_track",
     "nanmedian",
 ]
 
@@ -642,6 +644,68 @@ def _nan_median_list(values: Sequence[float]) -> float:
     if not finite:
         return math.nan
     return float(np.median(np.asarray(finite, dtype=np.float64)))
+
+
+# ----------------------------------------------------------------------------------------
+# One track, museval's target grouping
+# ----------------------------------------------------------------------------------------
+
+
+def evaluate_track(
+    track_name: str,
+    references: dict[str, torch.Tensor],
+    estimates: dict[str, torch.Tensor],
+    rate: int,
+    win: float = 1.0,
+    hop: float = 1.0,
+    filters_len: int = 512,
+) -> TrackScores:
+    """Score one track the way museval's `eval_mus_track` does, as `TrackScores`.
+
+    references / estimates: target name -> (channels, samples). Targets are the estimate
+    names that have a reference, in the references' order. As in museval, when both
+    "vocals" and "accompaniment" are given they are scored as a separate two-source problem,
+    and the other targets (vocals included, accompaniment left out) are scored jointly, the
+    vocals' joint scores being discarded; a joint group needs at least two targets. Window
+    and hop are in seconds; in samples they are int(seconds * rate), as in museval.
+    """
+    targets = [name for name in references if name in estimates]
+    has_accompaniment = "vocals" in targets and "accompaniment" in targets
+    joint = [name for name in targets if not (has_accompaniment and name == "accompaniment")]
+    window, hop_samples = int(win * rate), int(hop * rate)
+    scores = TrackScores(track_name, win=float(win), hop=float(hop))
+
+    def score(group: list[str], keep: list[str]) -> None:
+        result = bss_eval_v4(
+            torch.stack([torch.as_tensor(references[name]) for name in group]),
+            torch.stack([_to_length(estimates[name], references[name]) for name in group]),
+            window, hop_samples, filters_len=filters_len, source_names=group,
+        )
+        for index, name in enumerate(group):
+            if name in keep:
+                scores.add_target(
+                    name, result.sdr[index], result.isr[index], result.sir[index], result.sar[index]
+                )
+
+    if len(joint) >= 2:
+        score(joint, [name for name in joint if not (has_accompaniment and name == "vocals")])
+    elif not has_accompaniment:
+        raise ValueError(
+            f"track {track_name!r}: BSSEval needs at least two targets to score jointly (got "
+            f"{targets}); add the complement, e.g. 'accompaniment' = mixture - vocals"
+        )
+    if has_accompaniment:
+        score(["vocals", "accompaniment"], ["vocals", "accompaniment"])
+    return scores
+
+
+def _to_length(estimate, reference) -> torch.Tensor:
+    """Zero-pad or truncate an estimate to its reference's length (stacking needs it)."""
+    estimate = torch.as_tensor(estimate)
+    length = torch.as_tensor(reference).shape[-1]
+    if estimate.shape[-1] >= length:
+        return estimate[..., :length]
+    return torch.nn.functional.pad(estimate, (0, length - estimate.shape[-1]))
 
 
 # ----------------------------------------------------------------------------------------
