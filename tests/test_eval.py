@@ -301,6 +301,27 @@ def test_trainable_rows_only_where_a_kernel_is_trained_and_redone_when_it_change
     assert [r.status for r in again.results] == ["skipped"] * 3 + ["done"] + ["skipped"] * 3
 
 
+def test_an_interrupted_run_resumes_where_it_stopped(musdb_root, tmp_path):
+    separator = _pinned_separator()
+    tracks = list_tracks(musdb_root, "test")
+    folder = tmp_path / "interrupted"
+    options = dict(rates=(8000, 16000), resamplers=("conventional",), metrics=("sdr",))
+    started = []
+
+    def stop_at_third(event):
+        if event.status == "started":
+            started.append(event.cell)
+            if len(started) == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(separator, tracks, folder, progress=stop_at_third, **options)
+    assert len(list((folder / "records").rglob("*.json"))) == 2  # each result was stored as it finished
+    assert not list(folder.rglob("*.part"))
+    run = evaluate(separator, tracks, folder, **options)
+    assert [r.status for r in run.results] == ["skipped", "skipped", "done", "done"]
+
+
 def test_vocals_model_is_scored_on_vocals_and_accompaniment(musdb_root, tmp_path):
     separator = _pinned_separator(stems=("vocals",), residual="other", module=_FirstStems(1))
     tracks = list_tracks(musdb_root, "test", tracks=1)
