@@ -237,7 +237,6 @@ def separate(
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
     from .pipeline import describe, separate_file
-    from .registry import DEFAULT_MODEL, get_spec
 
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
@@ -304,7 +303,6 @@ def batch(
 
     from .errors import AudioError
     from .pipeline import separate_file
-    from .registry import DEFAULT_MODEL, get_spec
 
     if not folder.exists():
         raise AudioError(f"{folder}: no such folder")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import ipaddress
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
+from parity import shared_dir
 
 # The suite runs in 2 xdist workers on 2 cores: one torch thread each avoids oversubscription stalls.
 torch.set_num_threads(1)
@@ -48,12 +49,6 @@ def _no_network_but_loopback(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-
-
-def shared_dir() -> Path:
-    """../shared beside the checkout (CI clones main with shared/ beside it), or $SFSEP_SHARED."""
-    override = os.environ.get("SFSEP_SHARED")
-    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared"
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ the fixed chunk length, and the reference separator's chunking."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,36 +10,18 @@ import torch
 from sfsep.errors import ModelError
 from sfsep.models import bsrnn
 
-TOLERANCE = 1e-5
+from parity import TOLERANCE, load_fixture, load_manifest
 
-
-def shared_dir() -> Path:
-    folder = Path(os.environ.get("SFSEP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-    assert folder.is_dir(), f"shared folder not found at {folder} (set SFSEP_SHARED)"
-    return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and the CPU is shared with other test workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    path = shared_dir() / "parity" / "bsrnn_tiny.pt"
-    assert path.is_file(), f"missing fixture {path}"
-    return torch.load(path, weights_only=True)
+    return load_fixture("bsrnn_tiny")
 
 
 @pytest.fixture(scope="module")
 def manifest():
-    path = shared_dir() / "parity" / "bsrnn.manifest.json"
-    assert path.is_file(), f"missing manifest {path}"
-    return json.loads(path.read_text())
+    return load_manifest("bsrnn")
 
 
 def _tiny_model(fixture, **audio_params):

@@ -17,13 +17,10 @@ import torch
 from sfsep import checkpoint
 from sfsep.errors import ModelError, UsageError, WeightsError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SFSEP_SHARED") or REPO.parent / "shared")
+from parity import load_fixture
+
 torch.set_num_threads(1)  # the suite shares two cores; oversubscribed threads only slow it down
 
-
-def fixture(name: str) -> dict:
-    return torch.load(SHARED / "parity" / f"{name}.pt", weights_only=True)
 
 
 class Hostile:
@@ -119,7 +116,7 @@ def save_package(path: Path, state: dict, kwargs: dict, module_name="demucs.htde
 def test_demucs_package_round_trip_runs_the_fixture(tmp_path):
     from sfsep.models import build_model
 
-    data = fixture("htdemucs_demucsrepo_tiny")
+    data = load_fixture("htdemucs_demucsrepo_tiny")
     kwargs = {key: value for key, value in data["config"].items() if value is not None}
     kwargs["segment"] = fractions.Fraction(3, 10)
     path = tmp_path / "955717e8-00000000.th"
@@ -244,7 +241,7 @@ def test_load_separator_with_weights_and_msst_config(tmp_path):
 
     from sfsep.pipeline import load_separator
 
-    data = fixture("scnet_tiny")
+    data = load_fixture("scnet_tiny")
     config = data["config"]
     text = yaml.safe_dump({k: v for k, v in config.items() if k != "model"}, sort_keys=False)
     model_lines = "\n".join(f"  {key}: {_tuple_yaml(value) if isinstance(value, list) and key != 'sources' else value}"
@@ -273,7 +270,7 @@ def test_load_separator_builds_a_demucs_package_from_its_own_kwargs(tmp_path):
     models.toml's reconstructed config, and the stems follow the package's sources."""
     from sfsep.pipeline import load_separator
 
-    data = fixture("htdemucs_demucsrepo_tiny")
+    data = load_fixture("htdemucs_demucsrepo_tiny")
     kwargs = {key: value for key, value in data["config"].items() if value is not None}
     kwargs["segment"] = fractions.Fraction(3, 10)
     kwargs["sources"] = ["vocals", "drums", "bass", "other"]

@@ -4,11 +4,7 @@ helpers of sfsep.models.demucs."""
 
 from __future__ import annotations
 
-import ast
-import json
-import os
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,25 +21,8 @@ from sfsep.models.demucs import (
     normalize_by_mixture,
 )
 
-TOLERANCE = 1e-5
+from parity import TOLERANCE, load_fixture, load_manifest
 
-
-def shared_dir() -> Path:
-    override = os.environ.get("SFSEP_SHARED")
-    path = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared"
-    assert (path / "parity").is_dir(), f"shared folder with parity fixtures not found at {path}"
-    return path
-
-
-def load_fixture(name: str) -> dict:
-    return torch.load(shared_dir() / "parity" / name, weights_only=True)
-
-
-def load_manifest(name: str) -> dict:
-    manifest = json.loads((shared_dir() / "parity" / name).read_text())
-    if isinstance(manifest["config"], str):
-        manifest["config"] = ast.literal_eval(manifest["config"])
-    return manifest
 
 
 def loaded(builder, fixture: dict) -> torch.nn.Module:

@@ -3,11 +3,7 @@ and lengths."""
 
 from __future__ import annotations
 
-import ast
 import copy
-import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,44 +12,21 @@ from sfsep.errors import ModelError
 from sfsep.inference import demix
 from sfsep.models import mdx23c
 
-TOLERANCE = 1e-5
+from parity import TOLERANCE, load_fixture, load_manifest
 
-
-def shared_dir() -> Path:
-    folder = Path(os.environ.get("SFSEP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-    assert folder.is_dir(), f"shared folder not found at {folder} (set SFSEP_SHARED)"
-    return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run many small ops: one thread avoids OpenMP stalls on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    path = shared_dir() / "parity" / "mdx23c_tiny.pt"
-    assert path.is_file(), f"missing fixture {path}"
-    fixture = torch.load(path, weights_only=True)
+    fixture = load_fixture("mdx23c_tiny")
     model = mdx23c.build(fixture["config"]).eval()
     model.load_state_dict(fixture["state_dict"], strict=True)
     return model, fixture
 
 
-def _manifest(name: str) -> dict:
-    manifest = json.loads((shared_dir() / "parity" / f"{name}.manifest.json").read_text())
-    if isinstance(manifest["config"], str):
-        manifest["config"] = ast.literal_eval(manifest["config"])
-    return manifest
-
-
 @pytest.mark.parametrize("name", ["mdx23c", "mdx23c_vocals"])
 def test_published_keys_and_shapes(name):
-    manifest = _manifest(name)
+    manifest = load_manifest(name)
     with torch.device("meta"):
         model = mdx23c.build(manifest["config"])
     shapes = {key: list(value.shape) for key, value in model.state_dict().items()}

@@ -5,10 +5,8 @@ the exact published state_dict, sane chunking and sources; MSST configs become s
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +16,8 @@ from sfsep import registry as reg
 from sfsep.errors import ModelError, UsageError
 from sfsep.models import ARCHITECTURES, build_model
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SFSEP_SHARED") or REPO.parent / "shared")
+from parity import load_manifest
+
 torch.set_num_threads(1)
 
 # registry name -> the parity manifest holding its published config and state_dict
@@ -38,10 +36,6 @@ TYPED_NAMES = ["htdemucs", "htdemucs_ft", "bs_roformer", "mel_roformer", "scnet"
 def packaged_registry(monkeypatch):
     monkeypatch.delenv("SFSEP_REGISTRY", raising=False)
 
-
-def manifest(name: str) -> dict:
-    path = SHARED / "parity" / f"{name}.manifest.json"
-    return json.loads(path.read_text())
 
 
 def test_every_published_checkpoint_is_listed():
@@ -63,7 +57,7 @@ def test_config_builds_the_published_state_dict(name):
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = build_model(spec.family, spec.config_copy())
-    published = manifest(MANIFESTS[name])["state_dict"]
+    published = load_manifest(MANIFESTS[name])["state_dict"]
     published = {key: list(value if isinstance(value, list) else value["shape"]) for key, value in published.items()}
     ours = {key: list(tensor.shape) for key, tensor in module.state_dict().items()}
     assert sorted(set(published) - set(ours))[:5] == [] and sorted(set(ours) - set(published))[:5] == []
@@ -79,7 +73,7 @@ def test_stems_rate_chunking_and_sources(name):
     assert spec.chunk_style in reg.CHUNK_STYLES and spec.chunk_size and spec.chunk_size > 0
     assert spec.license and spec.citation and spec.description
     assert spec.weights, "a published model needs a weights source"
-    config = manifest(MANIFESTS[name]).get("config", {})
+    config = load_manifest(MANIFESTS[name]).get("config", {})
     if spec.chunk_style in ("msst", "msst_demucs"):
         assert isinstance(spec.overlap, int) and spec.overlap == config["inference"]["num_overlap"]
         assert spec.batch_size == config["inference"]["batch_size"]
@@ -116,7 +110,7 @@ def test_sources_match_the_research_notes():
     assert reg.get_spec("bsrnn").weights[0].gdrive_id == "14FzOPUcf4BKym1kCRqRH1PeJWSvv4qHE"
     assert reg.get_spec("bs_roformer_vocals").weights[0].url.endswith("model_bs_roformer_ep_317_sdr_12.9755.ckpt")
     for name in MANIFESTS:
-        url = manifest(MANIFESTS[name]).get("checkpoint_url")
+        url = load_manifest(MANIFESTS[name]).get("checkpoint_url")
         if url and name not in ("htdemucs_ft",):
             assert reg.get_spec(name).weights[0].url == (None if "huggingface.co" in url else url)
 
@@ -146,26 +140,26 @@ def test_registry_override_and_bad_entries(tmp_path, monkeypatch):
 
 
 def test_msst_configs_become_specs():
-    viperx = manifest("bs_roformer_viperx_ep317")["config"]
+    viperx = load_manifest("bs_roformer_viperx_ep317")["config"]
     assert reg.guess_family(viperx) == "bs_roformer"
     spec = reg.spec_from_config(viperx, name="mine")
     assert spec.family == "bs_roformer" and spec.stems == ("vocals",)
     assert spec.extra["residual_stem"] == "other"
     assert (spec.chunk_size, spec.overlap, spec.chunk_style, spec.batch_size) == (352800, 2, "msst", 4)
-    assert reg.guess_family(manifest("mel_band_roformer")["config"]) == "mel_band_roformer"
-    assert reg.guess_family(manifest("scnet")["config"]) == "scnet"
-    assert reg.guess_family(manifest("mdx23c")["config"]) == "mdx23c"
-    assert reg.guess_family(manifest("bsrnn")["config"]) == "bsrnn"
-    ht = reg.spec_from_config(manifest("htdemucs")["config"], name="ht")
+    assert reg.guess_family(load_manifest("mel_band_roformer")["config"]) == "mel_band_roformer"
+    assert reg.guess_family(load_manifest("scnet")["config"]) == "scnet"
+    assert reg.guess_family(load_manifest("mdx23c")["config"]) == "mdx23c"
+    assert reg.guess_family(load_manifest("bsrnn")["config"]) == "bsrnn"
+    ht = reg.spec_from_config(load_manifest("htdemucs")["config"], name="ht")
     assert (ht.family, ht.chunk_style, ht.chunk_size, ht.overlap) == ("htdemucs", "msst_demucs", 485100, 4)
     base = reg.get_spec("scnet")
-    scnet = reg.spec_from_config(manifest("scnet_large")["config"], name="x", base=base)
+    scnet = reg.spec_from_config(load_manifest("scnet_large")["config"], name="x", base=base)
     assert scnet.name == "scnet" and scnet.weights == base.weights and scnet.normalize is None
     with pytest.raises(UsageError, match="bs_roformer"):
         reg.spec_from_config(viperx, name="x", base=base)
     with pytest.raises(UsageError, match="cannot tell"):
         reg.spec_from_config({"model": {"foo": 1}}, name="x")
-    hparams = dict(manifest("bsrnn")["config"], num_layers=6)
+    hparams = dict(load_manifest("bsrnn")["config"], num_layers=6)
     bsrnn = reg.spec_from_config(hparams, name="x", base=reg.get_spec("bsrnn"))
     assert bsrnn.config["num_layers"] == 6 and bsrnn.stems == ("vocals",) and bsrnn.weights
     with pytest.raises(UsageError, match="--model"):

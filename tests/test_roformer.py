@@ -3,10 +3,6 @@ parity with MSST on the tiny fixtures (forward pass and chunked demix)."""
 
 from __future__ import annotations
 
-import ast
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +13,8 @@ from sfsep.inference import demix
 from sfsep.models import roformer
 from sfsep.models.melscale import hz_to_mel, mel_band_membership, mel_filterbank, mel_to_hz
 
-TOLERANCE = 1e-5
+from parity import TOLERANCE, load_manifest, shared_dir
+
 BUILDERS = {
     "bs_roformer": roformer.build_bs_roformer,
     "mel_band_roformer": roformer.build_mel_band_roformer,
@@ -37,30 +34,7 @@ PUBLISHED_MEL_BINS_PER_BAND = [
 ]
 
 
-def shared_dir() -> Path:
-    folder = Path(os.environ.get("SFSEP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-    assert folder.is_dir(), f"shared folder not found at {folder} (set SFSEP_SHARED)"
-    return folder
-
-
-def _manifest(name: str) -> dict:
-    manifest = json.loads((shared_dir() / "parity" / f"{name}.manifest.json").read_text())
-    if isinstance(manifest["config"], str):
-        manifest["config"] = ast.literal_eval(manifest["config"])
-    return manifest
-
-
 _LOADED: dict[str, tuple] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are far too small to gain from threads; on a busy machine two OpenMP
-    threads make them ~50x slower. Restore the caller's setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(family: str):
@@ -83,7 +57,7 @@ def _reference_output(fixture: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_published_keys_and_shapes(name):
-    manifest = _manifest(name)
+    manifest = load_manifest(name)
     assert manifest["model_type"] == MANIFESTS[name]
     with torch.device("meta"):
         model = BUILDERS[MANIFESTS[name]](manifest["config"])
@@ -108,7 +82,7 @@ def test_published_mel_bands():
         bins = np.flatnonzero(row)
         assert (np.diff(bins) == 1).all()
     # The first band of the published checkpoints has 7 bins x 2 channels x (re, im) inputs.
-    manifest = _manifest("mel_band_roformer")
+    manifest = load_manifest("mel_band_roformer")
     for band, count in enumerate(PUBLISHED_MEL_BINS_PER_BAND):
         assert manifest["state_dict"][f"band_split.to_features.{band}.0.gamma"] == [4 * count]
 

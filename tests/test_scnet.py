@@ -3,10 +3,6 @@ normalisation of the SCNet-small config."""
 
 from __future__ import annotations
 
-import ast
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,44 +12,21 @@ from sfsep.errors import ModelError
 from sfsep.inference import demix
 from sfsep.models import scnet
 
-TOLERANCE = 1e-5
+from parity import TOLERANCE, load_fixture, load_manifest
 
-
-def shared_dir() -> Path:
-    folder = Path(os.environ.get("SFSEP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-    assert folder.is_dir(), f"shared folder not found at {folder} (set SFSEP_SHARED)"
-    return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run many small ops: one thread avoids OpenMP stalls on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    path = shared_dir() / "parity" / "scnet_tiny.pt"
-    assert path.is_file(), f"missing fixture {path}"
-    fixture = torch.load(path, weights_only=True)
+    fixture = load_fixture("scnet_tiny")
     model = scnet.build(fixture["config"]).eval()
     model.load_state_dict(fixture["state_dict"], strict=True)
     return model, fixture
 
 
-def _manifest(name: str) -> dict:
-    manifest = json.loads((shared_dir() / "parity" / f"{name}.manifest.json").read_text())
-    if isinstance(manifest["config"], str):
-        manifest["config"] = ast.literal_eval(manifest["config"])
-    return manifest
-
-
 @pytest.mark.parametrize("name", ["scnet", "scnet_large"])
 def test_published_keys_and_shapes(name):
-    manifest = _manifest(name)
+    manifest = load_manifest(name)
     with torch.device("meta"):
         model = scnet.build(manifest["config"])
     shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
@@ -156,5 +129,5 @@ def test_normalize_mixture_silent_track_stays_finite():
 
 
 def test_wants_normalization_follows_published_configs():
-    assert scnet.wants_normalization(_manifest("scnet")["config"]) is True
-    assert scnet.wants_normalization(_manifest("scnet_large")["config"]) is False
+    assert scnet.wants_normalization(load_manifest("scnet")["config"]) is True
+    assert scnet.wants_normalization(load_manifest("scnet_large")["config"]) is False
