@@ -23,6 +23,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import SfsepError, UsageError
+from .registry import DEFAULT_MODEL
 
 DEFAULT_COMMAND = "separate"
 
@@ -77,7 +78,9 @@ def _main(
 # --------------------------------------------------------------------------------------------
 # Shared options
 
-ModelOpt = typer.Option(None, "--model", "-n", help="Model name or alias (`sfsep models` lists them). Default: classic.")
+ModelOpt = typer.Option(None, "--model", "-n",
+                        help=f"Model name or alias (`sfsep models` lists them). Default: {DEFAULT_MODEL} "
+                             f"(needs its weights; `classic` runs offline without any).")
 OutOpt = typer.Option(Path("separated"), "--out", "-o", help="Output folder.")
 FilenameOpt = typer.Option("{track}/{stem}.{ext}", "--filename",
                            help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext}.")
