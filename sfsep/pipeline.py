@@ -77,9 +77,7 @@ class Separator:
         return self.spec.name
 
     def modules(self, model_rate: int) -> list[torch.nn.Module]:
-        key = None if self.spec.any_rate else self.spec.trained_rate
-        if self.spec.any_rate:
-            key = model_rate
+        key = model_rate if self.spec.any_rate else self.spec.trained_rate
         if key not in self._modules_by_rate:
             if not self.spec.any_rate:
                 raise ModelError(f"model '{self.spec.name}' has no weights loaded")
@@ -145,14 +143,12 @@ class _WeightedBag(torch.nn.Module):
     def __init__(self, members: list[torch.nn.Module], weights: list[list[float]]):
         super().__init__()
         self.members = torch.nn.ModuleList(members)
-        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.weights = weights
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        total = None
-        for member, weight in zip(self.members, self.weights):
-            out = member(mix) * weight.to(mix.dtype)[:, None, None]
-            total = out if total is None else total + out
-        return total / self.weights.sum(0).to(mix.dtype)[:, None, None]
+        from .models.demucs import average_bag
+
+        return average_bag([member(mix) for member in self.members], self.weights)
 
 
 def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str | os.PathLike | None = None,
