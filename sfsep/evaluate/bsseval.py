@@ -159,7 +159,7 @@ def bss_eval_v4(
     hop: int = 44100,
     filters_len: int = 512,
     source_names: Sequence[str] | None = None,
-    frames_per_batch: int = 8,
+    frames_per_batch: int = 2,
 ) -> BSSEvalResult:
     """Framewise BSSEval v4 images metrics, as `museval.evaluate(refs, ests, win, hop)`.
 
@@ -272,30 +272,32 @@ def _cross_correlations(
     num_blocks = -(-length // block)
     num_bins = block_fft // 2 + 1
 
-    # One time-major copy of every signal, max_lag zeros before and enough after:
-    # buffer[max_lag + m, q] = right[q](m). Blocks are then strided views of it: the wide
-    # block b of `right` starts at row b*block, the block b of `left` at row b*block +
-    # max_lag, and the FFTs along time read them in place (rfft pads `left` blocks to N).
-    total = num_blocks * block + span
-    buffer = left.new_empty(total, num_right)
-    buffer[:max_lag] = 0.0
-    buffer[max_lag : max_lag + length, :num_left] = left.T
-    buffer[max_lag : max_lag + length, num_left:] = others.T
-    buffer[max_lag + length :] = 0.0
-    row = buffer.stride(0)
-
     # Sum over blocks of conj(X_p) Y_q for every pair (p, q) and frequency f, as one real
     # batched matrix product per group of blocks (batch = frequency): the real view of the
     # (F, block, signal) spectra is (F, block, 2 * signal) [re, im interleaved], and
     # conj(X)^T Y = (Xr'Yr + Xi'Yi) + i (Xr'Yi - Xi'Yr).
+    # A group of blocks is first copied time-major into a small buffer (zeros outside the
+    # track): buffer[u, q] = right[q](group start - max_lag + u). Its wide blocks start at
+    # rows b*block, its `left` blocks at rows b*block + max_lag; the FFTs along time read
+    # these strided views in place (rfft zero-pads the `left` blocks to N) and return the
+    # (F, block, signal) layout the products need, without any copy of the spectra.
     products = left.new_zeros(num_bins, 2 * num_left, 2 * num_right)
-    blocks_per_step = max(1, (1 << 22) // (block_fft * (num_left + num_right)))
+    blocks_per_step = max(1, (1 << 19) // (block_fft * num_right))
+    buffer = left.new_empty(blocks_per_step * block + span, num_right)
+    row = buffer.stride(0)
     for first in range(0, num_blocks, blocks_per_step):
         count = min(num_blocks, first + blocks_per_step) - first
-        offset = buffer.storage_offset() + first * block * row
-        wide = buffer.as_strided((block_fft, count, num_right), (row, block * row, 1), offset)
+        start = first * block - max_lag  # track position of buffer row 0
+        stop = start + count * block + span
+        inside_start, inside_stop = max(start, 0), min(stop, length)
+        if inside_start > start or inside_stop < stop:
+            buffer.zero_()
+        rows = slice(inside_start - start, inside_stop - start)
+        buffer[rows, :num_left] = left[:, inside_start:inside_stop].T
+        buffer[rows, num_left:] = others[:, inside_start:inside_stop].T
+        wide = buffer.as_strided((block_fft, count, num_right), (row, block * row, 1))
         narrow = buffer.as_strided(
-            (block, count, num_left), (row, block * row, 1), offset + max_lag * row
+            (block, count, num_left), (row, block * row, 1), max_lag * row
         )
         right_spec = torch.view_as_real(torch.fft.rfft(wide, dim=0))  # (F, b, Q, 2)
         left_spec = torch.view_as_real(torch.fft.rfft(narrow, n=block_fft, dim=0))
@@ -327,7 +329,9 @@ def _solve_regularized(
     if try_cholesky:
         factor, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
-            return torch.cholesky_solve(rhs, factor), True
+            # (two triangular solves: several times faster than cholesky_solve here)
+            half = torch.linalg.solve_triangular(factor, rhs, upper=False)
+            return torch.linalg.solve_triangular(factor.mT, half, upper=True), True
     # (no batched LU: it is broken on CPU in torch 2.13 for 256 rows and more)
     solution, info = torch.linalg.solve_ex(gram, rhs)
     if int(info) == 0 and bool(torch.isfinite(solution).all()):
@@ -387,6 +391,14 @@ def _distortion_filters(
     return filters_all.contiguous(), filters_own.contiguous()
 
 
+def _real_product_matrix(spectra: torch.Tensor) -> torch.Tensor:
+    """(O, I, F) complex filter spectra -> (F, 2O, 2I) real matrices [[re, -im], [im, re]],
+    so that one real batched product applies them to spectra stacked as [re; im] (CPU
+    batched products of complex matrices this small are far slower than real ones)."""
+    real, imag = spectra.real.permute(2, 0, 1), spectra.imag.permute(2, 0, 1)
+    return torch.cat((torch.cat((real, -imag), dim=2), torch.cat((imag, real), dim=2)), dim=1)
+
+
 def _framewise_scores(
     references: torch.Tensor,
     estimates: torch.Tensor,
@@ -397,65 +409,131 @@ def _framewise_scores(
     num_windows: int,
     frames_per_batch: int,
 ) -> torch.Tensor:
-    """(4, S, num_windows) scores; see the module docstring for the definitions."""
-    num_sources, num_channels = references.shape[:2]
+    """(4, S, num_windows) scores; see the module docstring for the definitions.
+
+    The projections of a window are not filtered window by window. By linearity, filtering
+    the window's references (zero outside the window) equals filtering the whole track,
+    minus what the L-1 samples just before the window add to its first L-1 outputs, minus
+    what the L-1 samples just after it add to its last L-1 outputs. So the whole track is
+    filtered once (overlap-save FFT blocks, a group of windows at a time to bound memory),
+    the two edge corrections come from short FFT convolutions of all windows at once, and
+    the energies are time-domain sums: plain window sums inside, corrected values at the
+    edges.
+    """
+    num_sources, num_channels, length = references.shape
     num_signals = num_sources * num_channels
     filters_len = filters_all.shape[-1]
-    fft_size = _next_fast_len(window_len + filters_len - 1)
-    num_bins = fft_size // 2 + 1
-    # Filters as one (F, i*d, j*c) matrix per frequency: output (i, d) from input (j, c).
-    # Every product below is a batched matrix product over frequencies on contiguous
-    # tensors (einsum or bmm on permuted views is far slower on CPU).
-    spectrum_all = torch.fft.rfft(filters_all, n=fft_size)  # (i, j, c, d, F)
-    spectrum_all = spectrum_all.permute(4, 0, 3, 1, 2).reshape(num_bins, num_signals, num_signals)
-    own = torch.fft.rfft(filters_own, n=fft_size).permute(3, 0, 2, 1)  # (F, j, d, c)
-    own_matrix = torch.zeros(
-        num_bins, num_signals, num_signals, dtype=own.dtype, device=own.device
+    edge = filters_len - 1  # outputs a filter adds past its input; taps that reach back
+    head = min(edge, window_len)  # window-local samples that need the "before" correction
+    inner = window_len - head  # samples inside the window that need no correction
+    refs = references.reshape(num_signals, length)
+    ests = estimates.reshape(num_signals, length)
+
+    # One kernel bank, outputs x inputs x taps: rows 0..P-1 are the all-references
+    # projections (i, d), rows P..2P-1 the own-reference ones (j, d), columns the
+    # references (j, c).
+    kernels = refs.new_zeros(2 * num_signals, num_signals, filters_len)
+    kernels[:num_signals] = filters_all.permute(0, 3, 1, 2, 4).reshape(
+        num_signals, num_signals, filters_len
     )
     for j in range(num_sources):
         rows = slice(j * num_channels, (j + 1) * num_channels)
-        own_matrix[:, rows, rows] = own[:, j]
-    # Parseval for a real signal of N = fft_size samples from its rfft half-spectrum:
-    # energy = sum_f w_f |X_f|^2, w = 1/N at DC (and at N/2 for even N), 2/N elsewhere
-    edges = [0, num_bins - 1] if fft_size % 2 == 0 else [0]
-    weights = torch.full((num_bins,), 2.0 / fft_size, dtype=torch.float64, device=references.device)
-    weights[edges] = 1.0 / fft_size
+        kernels[num_signals + j * num_channels : num_signals + (j + 1) * num_channels, rows] = (
+            filters_own[j].permute(1, 0, 2)  # (c, d, a) -> (d, c, a)
+        )
+    track_fft = _next_fast_len(max(4096, 16 * filters_len))
+    track_step = track_fft - edge
+    track_kernels = _real_product_matrix(torch.fft.rfft(kernels, n=track_fft))
+    edge_fft = _next_fast_len(max(1, 2 * edge))  # full convolution of edge samples: 2L-2
+    edge_kernels = _real_product_matrix(torch.fft.rfft(kernels, n=edge_fft))
 
-    def energy(spectrum: torch.Tensor) -> torch.Tensor:  # contiguous (F, S*C, n) -> (S, n)
-        # (one elementwise pass and one matrix-vector product on contiguous memory: a
-        # reduction over the frequency and channel axes directly is much slower on CPU)
-        power = torch.view_as_real(spectrum).square().reshape(num_bins, -1)
-        return (weights @ power).reshape(num_sources, num_channels, -1, 2).sum(dim=(1, 3))
+    def track_piece(signals: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """signals[:, start:stop] with zeros outside the track."""
+        inside = signals[:, max(start, 0) : min(stop, length)]
+        before, after = max(0, -start), max(0, stop - max(start, length))
+        if before or after:
+            inside = torch.nn.functional.pad(inside, (before, after))
+        return inside
 
-    # windows as views: (S, C, num_windows, window_len)
-    used = (num_windows - 1) * hop + window_len
-    ref_frames = references[..., :used].unfold(-1, window_len, hop)
-    est_frames = estimates[..., :used].unfold(-1, window_len, hop)
+    def apply_kernels(pieces: torch.Tensor, spectra: torch.Tensor, fft_size: int) -> torch.Tensor:
+        """Circular convolution of (P, n, fft_size) pieces -> (2P, n, fft_size)."""
+        spectrum = torch.view_as_real(torch.fft.rfft(pieces, n=fft_size))  # (P, n, F, 2)
+        num_pieces, num_bins = spectrum.shape[1], spectrum.shape[2]
+        stacked = spectrum.permute(2, 3, 0, 1).reshape(num_bins, 2 * num_signals, num_pieces)
+        product = torch.bmm(spectra, stacked)  # (F, [re; im] x 2P, n)
+        product = product.reshape(num_bins, 2, 2 * num_signals, num_pieces).permute(2, 3, 0, 1)
+        return torch.fft.irfft(torch.view_as_complex(product.contiguous()), n=fft_size)
+
+    def channel_sum(power: torch.Tensor) -> torch.Tensor:  # (..., P, windows) -> (..., S, windows)
+        return power.unflatten(-2, (num_sources, num_channels)).sum(dim=-2)
+
+    sums = refs.new_zeros(7, num_sources, num_windows)
+    for first in range(0, num_windows, frames_per_batch):
+        count = min(num_windows, first + frames_per_batch) - first
+        origin = first * hop  # track position of the group's first window
+        covered = (count - 1) * hop + window_len  # window samples of the group
+        outputs = covered + edge  # projection samples of the group
+        # Whole-track filtering on [origin, origin + outputs) by overlap-save: block b reads
+        # the input from origin - edge + b*step on, its last `step` outputs are kept.
+        num_blocks = -(-outputs // track_step)
+        source = track_piece(refs, origin - edge, origin + num_blocks * track_step)
+        filtered = apply_kernels(source.unfold(-1, track_fft, track_step), track_kernels, track_fft)
+        filtered = filtered[..., edge:].reshape(2 * num_signals, -1)[:, :outputs]
+
+        # Edge corrections: the edge samples before and after every window, filtered.
+        spans = source.unfold(-1, window_len + 2 * edge, hop)[:, :count]  # (P, count, W + 2 edge)
+        outside = torch.cat((spans[..., :edge], spans[..., window_len + edge :]), dim=1)
+        corrections = apply_kernels(outside, edge_kernels, edge_fft)  # (2P, 2 count, N)
+        before = corrections[:, :count, edge : 2 * edge]  # at window samples 0 .. edge-1
+        after = corrections[:, count:, :edge]  # at window samples W .. W+edge-1
+        if window_len < edge:  # the "before" correction also reaches past the window
+            after = after + torch.nn.functional.pad(before[..., window_len:], (0, window_len))
+
+        # per-sample powers of the group's windows (r and e are zero past a window's end)
+        ref_part = refs[:, origin : origin + covered]
+        est_part = ests[:, origin : origin + covered]
+        frames = filtered.unfold(-1, window_len + edge, hop)  # (2P, count, W + edge)
+        ref_frames = ref_part.unfold(-1, window_len, hop)
+        est_frames = est_part.unfold(-1, window_len, hop)
+        norms = [
+            torch.linalg.vector_norm(values, dim=-1)
+            for values in (ref_frames, est_frames - ref_frames)
+        ]
+        sums[:2, :, first : first + count] = channel_sum(torch.stack(norms).square())
+        pieces = []
+        if inner > 0:
+            pieces.append(
+                (frames[:, :, head:window_len], ref_frames[..., head:], est_frames[..., head:])
+            )
+        if head > 0:
+            pieces.append(
+                (frames[:, :, :head] - before[..., :head], ref_frames[..., :head], est_frames[..., :head])
+            )
+        if edge > 0:
+            pieces.append((frames[:, :, window_len:] - after, None, None))
+        for projected, ref_piece, est_piece in pieces:
+            proj_all, proj_own = projected[:num_signals], projected[num_signals:]
+            own_error = proj_own if ref_piece is None else proj_own - ref_piece
+            artifacts = proj_all if est_piece is None else est_piece - proj_all
+            norms = [
+                torch.linalg.vector_norm(values, dim=-1)
+                for values in (own_error, proj_own, proj_all - proj_own, proj_all, artifacts)
+            ]
+            sums[2:, :, first : first + count] += channel_sum(torch.stack(norms).square())
+
+    true_energy, sdr_den, isr_den, sir_num, sir_den, sar_num, sar_den = sums.unbind(0)
+    scores = torch.stack(
+        (
+            _ratio_db(true_energy, sdr_den),
+            _ratio_db(true_energy, isr_den),
+            _ratio_db(sir_num, sir_den),
+            _ratio_db(sar_num, sar_den),
+        )
+    )
     ref_silent = _silent_frames(references, window_len, hop, num_windows)
     est_silent = _silent_frames(estimates, window_len, hop, num_windows)
-    valid = ~(ref_silent.any(dim=0) | est_silent.any(dim=0))  # (num_windows,)
-
-    scores = torch.full(
-        (4, num_sources, num_windows), math.nan, dtype=torch.float64, device=references.device
-    )
-    valid_index = torch.nonzero(valid).flatten()
-
-    def spectra(frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.fft.rfft(frames[:, :, index], n=fft_size)  # (S, C, n, F)
-        return spectrum.permute(3, 0, 1, 2).reshape(num_bins, num_signals, -1).contiguous()
-
-    for first in range(0, len(valid_index), frames_per_batch):
-        index = valid_index[first : first + frames_per_batch]
-        ref_spec = spectra(ref_frames, index)  # (F, S*C, n)
-        est_spec = spectra(est_frames, index)
-        proj_all = torch.bmm(spectrum_all, ref_spec)
-        proj_own = torch.bmm(own_matrix, ref_spec)
-        true_energy = energy(ref_spec)
-        scores[0][:, index] = _ratio_db(true_energy, energy(est_spec - ref_spec))
-        scores[1][:, index] = _ratio_db(true_energy, energy(proj_own - ref_spec))
-        scores[2][:, index] = _ratio_db(energy(proj_own), energy(proj_all - proj_own))
-        scores[3][:, index] = _ratio_db(energy(proj_all), energy(est_spec - proj_all))
-    return scores
+    silent = ref_silent.any(dim=0) | est_silent.any(dim=0)  # (num_windows,)
+    return scores.masked_fill(silent, math.nan)
 
 
 def _silent_frames(signals: torch.Tensor, window_len: int, hop: int, num_windows: int) -> torch.Tensor:
