@@ -180,8 +180,10 @@ def bss_eval_v4(
         raise ValueError(f"window and hop must be positive samples (got {window}, {hop})")
     if filters_len <= 0:
         raise ValueError(f"filters_len must be positive (got {filters_len})")
-    _check_not_silent(references, "reference", names)
-    _check_not_silent(estimates, "estimate", names)
+    # (2, S, T): where the channel sum of each reference / estimate is not zero
+    active = torch.stack((_active_samples(references), _active_samples(estimates)))
+    _check_not_silent(active[0], "reference", names)
+    _check_not_silent(active[1], "estimate", names)
 
     filters_all, filters_own = _distortion_filters(references, estimates, filters_len)
 
@@ -194,6 +196,10 @@ def bss_eval_v4(
         references, estimates, filters_all, filters_own, window_len, hop, num_windows,
         frames_per_batch,
     )
+    # a window is NaN for every source when any reference or estimate is silent in it
+    used = active[..., : (num_windows - 1) * hop + window_len]
+    silent = ~used.unfold(-1, window_len, hop).any(dim=-1)  # (2, S, num_windows)
+    scores.masked_fill_(silent.flatten(0, 1).any(dim=0), math.nan)
     sdr, isr, sir, sar = scores.unbind(0)
     return BSSEvalResult(sdr, isr, sir, sar, window=window, hop=hop, source_names=names)
 
@@ -218,8 +224,11 @@ def _prepare_inputs(references, estimates) -> tuple[torch.Tensor, torch.Tensor]:
     if references.shape[-1] == 0:
         raise ValueError("references are empty (0 samples)")
     device = references.device
-    references = references.to(device=device, dtype=torch.float64)
-    estimates = estimates.to(device=device, dtype=torch.float64)
+    # (one conversion straight into the contiguous layout: converting a transposed view
+    # and making it contiguous afterwards costs two passes, the second one strided)
+    contiguous = torch.contiguous_format
+    references = references.to(device=device, dtype=torch.float64, memory_format=contiguous)
+    estimates = estimates.to(device=device, dtype=torch.float64, memory_format=contiguous)
     length = references.shape[-1]
     if estimates.shape[-1] > length:
         estimates = estimates[..., :length]
@@ -228,8 +237,17 @@ def _prepare_inputs(references, estimates) -> tuple[torch.Tensor, torch.Tensor]:
     return references.contiguous(), estimates.contiguous()
 
 
-def _check_not_silent(signals: torch.Tensor, kind: str, names: tuple[str, ...]) -> None:
-    silent = (signals.sum(dim=1) == 0).all(dim=-1)
+def _active_samples(signals: torch.Tensor) -> torch.Tensor:
+    """(S, T) True where the sum over channels of a (S, C, T) signal is not zero (the
+    channels added in order, as numpy sums a short axis)."""
+    total = signals[:, 0]
+    for channel in range(1, signals.shape[1]):
+        total = total + signals[:, channel]
+    return total != 0
+
+
+def _check_not_silent(active: torch.Tensor, kind: str, names: tuple[str, ...]) -> None:
+    silent = ~active.any(dim=-1)
     if bool(silent.any()):
         index = int(torch.nonzero(silent)[0])
         label = f"'{names[index]}' (source {index})" if names else f"source {index}"
@@ -333,7 +351,9 @@ def _solve_regularized(
             half = torch.linalg.solve_triangular(factor, rhs, upper=False)
             return torch.linalg.solve_triangular(factor.mT, half, upper=True), True
     # (no batched LU: it is broken on CPU in torch 2.13 for 256 rows and more)
-    solution, info = torch.linalg.solve_ex(gram, rhs)
+    # gram is exactly symmetric: its transpose (a column-major view) is the same matrix and
+    # spares LAPACK a copy of it
+    solution, info = torch.linalg.solve_ex(gram.mT, rhs)
     if int(info) == 0 and bool(torch.isfinite(solution).all()):
         return solution, False
     gram.diagonal().sub_(eps)
@@ -362,7 +382,9 @@ def _distortion_filters(
     # gram[(p, a), (q, b)] = R_pq(a - b) = ref_ref[p, q, a - b + L-1]. With b' = L-1 - b
     # that is ref_ref[p, q, a + b'], a strided view of ref_ref; flipping b' back copies it
     # once into the (P, L, P, L) layout.
-    ref_ref = ref_ref.contiguous()
+    # R_pq(k) = R_qp(-k): averaging the two computed values makes the gram below exactly
+    # symmetric (so its transpose is the same matrix, see _solve_regularized)
+    ref_ref = 0.5 * (ref_ref + ref_ref.transpose(0, 1).flip(-1))
     stride_p, stride_q, stride_k = ref_ref.stride()
     gram = ref_ref.as_strided(
         (num_signals, filters_len, num_signals, filters_len),
@@ -392,11 +414,17 @@ def _distortion_filters(
 
 
 def _real_product_matrix(spectra: torch.Tensor) -> torch.Tensor:
-    """(O, I, F) complex filter spectra -> (F, 2O, 2I) real matrices [[re, -im], [im, re]],
-    so that one real batched product applies them to spectra stacked as [re; im] (CPU
-    batched products of complex matrices this small are far slower than real ones)."""
-    real, imag = spectra.real.permute(2, 0, 1), spectra.imag.permute(2, 0, 1)
-    return torch.cat((torch.cat((real, -imag), dim=2), torch.cat((imag, real), dim=2)), dim=1)
+    """(O, I, F) complex filter spectra -> (F, 2I, 2O) real matrices M with
+    M[(i, a), (o, b)] the real coefficient taking part a (0 re, 1 im) of input i to part
+    b of output o, so that a row of inputs with re and im interleaved, times M, is the
+    row of outputs interleaved the same way (CPU batched products of complex matrices
+    this small are far slower than one real batched product)."""
+    real, imag = spectra.real.permute(2, 1, 0), spectra.imag.permute(2, 1, 0)  # (F, I, O)
+    from_real = torch.stack((real, imag), dim=-1)  # re_in -> (re_out, im_out)
+    from_imag = torch.stack((-imag, real), dim=-1)  # im_in -> (re_out, im_out)
+    matrix = torch.stack((from_real, from_imag), dim=2)  # (F, I, 2, O, 2)
+    num_bins, num_in, _, num_out, _ = matrix.shape
+    return matrix.reshape(num_bins, 2 * num_in, 2 * num_out).contiguous()
 
 
 def _framewise_scores(
@@ -409,7 +437,8 @@ def _framewise_scores(
     num_windows: int,
     frames_per_batch: int,
 ) -> torch.Tensor:
-    """(4, S, num_windows) scores; see the module docstring for the definitions.
+    """(4, S, num_windows) scores (silent windows not masked yet); see the module
+    docstring for the definitions.
 
     The projections of a window are not filtered window by window. By linearity, filtering
     the window's references (zero outside the window) equals filtering the whole track,
@@ -458,11 +487,13 @@ def _framewise_scores(
     def apply_kernels(pieces: torch.Tensor, spectra: torch.Tensor, fft_size: int) -> torch.Tensor:
         """Circular convolution of (P, n, fft_size) pieces -> (2P, n, fft_size)."""
         spectrum = torch.view_as_real(torch.fft.rfft(pieces, n=fft_size))  # (P, n, F, 2)
-        num_pieces, num_bins = spectrum.shape[1], spectrum.shape[2]
-        stacked = spectrum.permute(2, 3, 0, 1).reshape(num_bins, 2 * num_signals, num_pieces)
-        product = torch.bmm(spectra, stacked)  # (F, [re; im] x 2P, n)
-        product = product.reshape(num_bins, 2, 2 * num_signals, num_pieces).permute(2, 3, 0, 1)
-        return torch.fft.irfft(torch.view_as_complex(product.contiguous()), n=fft_size)
+        num_bins, num_pieces = spectrum.shape[2], spectrum.shape[1]
+        rows = spectrum.permute(2, 1, 0, 3).reshape(num_bins, num_pieces, 2 * num_signals)
+        product = torch.bmm(rows, spectra).view(num_bins, num_pieces, 2 * num_signals, 2)
+        # the inverse FFT along the frequency axis reads this layout as it is and returns
+        # a (time, n, 2P) view of time-contiguous memory
+        result = torch.fft.irfft(torch.view_as_complex(product), n=fft_size, dim=0)
+        return result.permute(2, 1, 0)
 
     def channel_sum(power: torch.Tensor) -> torch.Tensor:  # (..., P, windows) -> (..., S, windows)
         return power.unflatten(-2, (num_sources, num_channels)).sum(dim=-2)
@@ -530,17 +561,7 @@ def _framewise_scores(
             _ratio_db(sar_num, sar_den),
         )
     )
-    ref_silent = _silent_frames(references, window_len, hop, num_windows)
-    est_silent = _silent_frames(estimates, window_len, hop, num_windows)
-    silent = ref_silent.any(dim=0) | est_silent.any(dim=0)  # (num_windows,)
-    return scores.masked_fill(silent, math.nan)
-
-
-def _silent_frames(signals: torch.Tensor, window_len: int, hop: int, num_windows: int) -> torch.Tensor:
-    """(S, num_windows) True where the channel sum of a source is zero on the whole window."""
-    nonzero = (signals.sum(dim=1) != 0).to(torch.float64)  # (S, T)
-    used = nonzero[:, : (num_windows - 1) * hop + window_len]
-    return used.unfold(-1, window_len, hop).amax(dim=-1) == 0
+    return scores
 
 
 def _ratio_db(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
