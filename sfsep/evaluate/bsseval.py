@@ -360,6 +360,33 @@ def _solve_regularized(
     return torch.linalg.lstsq(gram, rhs).solution, False
 
 
+def _block_toeplitz(ref_ref: torch.Tensor, filters_len: int) -> torch.Tensor:
+    """gram[(p, a), (q, b)] = R_pq(a - b) = ref_ref[p, q, a - b + L-1], as a (P*L, P*L) matrix.
+
+    That is a strided view of ref_ref with a negative stride along b. numpy allows one,
+    so on CPU the matrix is gathered in a single pass; torch does not, so elsewhere the
+    view is taken with b reversed (b' = L-1 - b: ref_ref[p, q, a + b']) and flipped back,
+    which costs a second pass over the 4096 x 4096 matrix.
+    """
+    num_signals = ref_ref.shape[0]
+    size = num_signals * filters_len
+    ref_ref = ref_ref.contiguous()
+    if ref_ref.device.type == "cpu":
+        lags = ref_ref.numpy()
+        stride_p, stride_q, stride_k = lags.strides
+        view = np.lib.stride_tricks.as_strided(
+            lags[:, :, filters_len - 1 :],
+            (num_signals, filters_len, num_signals, filters_len),
+            (stride_p, stride_k, stride_q, -stride_k),
+        )
+        return torch.from_numpy(view.copy(order="C")).reshape(size, size)
+    stride_p, stride_q, stride_k = ref_ref.stride()
+    return ref_ref.as_strided(
+        (num_signals, filters_len, num_signals, filters_len),
+        (stride_p, stride_k, stride_q, stride_k),
+    ).flip(-1).reshape(size, size)
+
+
 def _distortion_filters(
     references: torch.Tensor, estimates: torch.Tensor, filters_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -379,17 +406,10 @@ def _distortion_filters(
     ref_ref = correlations[:, :num_signals]  # (P, P, 2L-1), lag k at index k + L-1
     ref_est = correlations[:, num_signals:, lags:]  # (P, P, L), lag a >= 0
 
-    # gram[(p, a), (q, b)] = R_pq(a - b) = ref_ref[p, q, a - b + L-1]. With b' = L-1 - b
-    # that is ref_ref[p, q, a + b'], a strided view of ref_ref; flipping b' back copies it
-    # once into the (P, L, P, L) layout.
     # R_pq(k) = R_qp(-k): averaging the two computed values makes the gram below exactly
     # symmetric (so its transpose is the same matrix, see _solve_regularized)
     ref_ref = 0.5 * (ref_ref + ref_ref.transpose(0, 1).flip(-1))
-    stride_p, stride_q, stride_k = ref_ref.stride()
-    gram = ref_ref.as_strided(
-        (num_signals, filters_len, num_signals, filters_len),
-        (stride_p, stride_k, stride_q, stride_k),
-    ).flip(-1).reshape(num_signals * filters_len, num_signals * filters_len)
+    gram = _block_toeplitz(ref_ref, filters_len)
     rhs = ref_est.permute(0, 2, 1).reshape(num_signals * filters_len, num_signals)
 
     # Each source alone first (its diagonal block): cheap, and if one of these blocks is
