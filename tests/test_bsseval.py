@@ -169,6 +169,90 @@ def test_broadband_all_metrics_match_museval():
 # ------------------------------------------------------------------- definitions and errors
 
 
+def _brute_force_v4(refs: np.ndarray, ests: np.ndarray, window: int, hop: int, taps: int):
+    """museval's v4 images metrics straight from the definitions, for tiny inputs: the
+    filters from the explicit matrix of delayed references, every window's references
+    zero-padded and convolved on their own. refs, ests: (S, C, T) float64."""
+    sources, channels, length = refs.shape
+    padded = length + taps - 1
+    # delayed[n, (j, c, a)] = r[j, c](n - a), n over the zero-padded track
+    delayed = np.zeros((padded, sources, channels, taps))
+    for a in range(taps):
+        delayed[a : a + length, :, :, a] = refs.transpose(2, 0, 1)
+    delayed = delayed.reshape(padded, -1)
+    targets = np.zeros((padded, sources * channels))
+    targets[:length] = ests.reshape(sources * channels, length).T
+    eps = np.finfo(np.float64).eps
+    gram = delayed.T @ delayed + eps * np.eye(delayed.shape[1])
+    filters_all = np.linalg.solve(gram, delayed.T @ targets)  # rows (j, c, a), cols (i, d)
+    block = channels * taps
+    filters_own = [
+        np.linalg.solve(
+            gram[j * block : (j + 1) * block, j * block : (j + 1) * block],
+            (delayed.T @ targets)[j * block : (j + 1) * block, j * channels : (j + 1) * channels],
+        )
+        for j in range(sources)
+    ]
+    if window < length:
+        count, width = (length - window + hop) // hop, window
+    else:
+        count, width = 1, length
+    scores = np.full((4, sources, count), np.nan)
+    for t in range(count):
+        part = slice(t * hop, t * hop + width)
+        if (refs[:, :, part].sum(axis=1) == 0).all(axis=-1).any() or (
+            ests[:, :, part].sum(axis=1) == 0
+        ).all(axis=-1).any():
+            continue
+        rows = np.zeros((width + taps - 1, sources, channels, taps))
+        for a in range(taps):
+            rows[a : a + width, :, :, a] = refs[:, :, part].transpose(2, 0, 1)
+        rows = rows.reshape(width + taps - 1, -1)
+        proj_all = rows @ filters_all  # (n, (i, d))
+        for i in range(sources):
+            own_rows = rows[:, i * block : (i + 1) * block]
+            proj_own = own_rows @ filters_own[i]  # (n, d)
+            full = proj_all[:, i * channels : (i + 1) * channels]
+            true = np.zeros_like(full)
+            true[:width] = refs[i, :, part].T
+            estimate = np.zeros_like(full)
+            estimate[:width] = ests[i, :, part].T
+
+            def ratio(num, den):
+                return 10 * np.log10(np.sum(num**2) / np.sum(den**2))
+
+            scores[:, i, t] = (
+                ratio(true, estimate - true),
+                ratio(true, proj_own - true),
+                ratio(proj_own, full - proj_own),
+                ratio(full, estimate - full),
+            )
+    return scores
+
+
+@pytest.mark.parametrize(
+    "window, hop",
+    [(120, 120), (120, 45), (5, 3), (7, 11), (2000, 500)],
+    ids=["disjoint", "overlapping", "window-shorter-than-filter", "gaps", "whole-track"],
+)
+def test_windows_match_the_definition(window, hop):
+    # The projections are computed from one whole-track filtering minus edge corrections;
+    # this checks them against every window filtered on its own, including windows shorter
+    # than the filters and windows with gaps between them.
+    generator = torch.Generator().manual_seed(3)
+    refs = torch.randn(2, 2, 400, generator=generator, dtype=torch.float64)
+    refs = torch.nn.functional.conv1d(
+        refs.reshape(4, 1, -1), torch.tensor([[[1.0, 0.6, -0.3]]], dtype=torch.float64), padding=1
+    ).reshape(2, 2, -1)
+    ests = 0.9 * refs + 0.2 * refs.flip(0) + 0.05 * torch.randn(2, 2, 400, generator=generator, dtype=torch.float64)
+    refs[1, :, 200:245] = 0.0  # a silent stretch: some windows NaN
+    expected = _brute_force_v4(refs.numpy(), ests.numpy(), window, hop, taps=9)
+    ours = torch.stack(list(bss_eval_v4(refs, ests, window, hop, filters_len=9))).numpy()
+    assert ours.shape == expected.shape
+    assert np.array_equal(np.isnan(ours), np.isnan(expected))
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-8, equal_nan=True)
+
+
 def _small_case(length=3000, seed=0):
     generator = torch.Generator().manual_seed(seed)
     refs = torch.randn(2, 2, length, generator=generator, dtype=torch.float64)
