@@ -245,10 +245,15 @@ def _prepare_inputs(references, estimates) -> tuple[torch.Tensor, torch.Tensor]:
 def _active_samples(signals: torch.Tensor) -> torch.Tensor:
     """(S, T) True where the sum over channels of a (S, C, T) signal is not zero (the
     channels added in order, as numpy sums a short axis)."""
-    total = signals[:, 0]
-    for channel in range(1, signals.shape[1]):
-        total = total + signals[:, channel]
-    return total != 0
+    active = torch.empty(signals.shape[0], signals.shape[2], dtype=torch.bool, device=signals.device)
+    step = 1 << 16  # (pieces keep the temporaries small: large ones cost fresh pages each call)
+    for start in range(0, signals.shape[2], step):
+        piece = signals[..., start : start + step]
+        total = piece[:, 0]
+        for channel in range(1, signals.shape[1]):
+            total = total + piece[:, channel]
+        torch.ne(total, 0, out=active[:, start : start + step])
+    return active
 
 
 def _check_not_silent(active: torch.Tensor, kind: str, names: tuple[str, ...]) -> None:
