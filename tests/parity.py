@@ -41,3 +41,24 @@ def load_manifest(name: str) -> dict:
     if isinstance(manifest.get("config"), str):
         manifest["config"] = ast.literal_eval(manifest["config"])
     return manifest
+
+
+def tiny_model(build, name: str) -> tuple[torch.nn.Module, dict]:
+    """Build a model from a tiny fixture's config, load its weights strictly; (model, fixture)."""
+    fixture = load_fixture(name)
+    model = build(fixture["config"]).eval()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    return model, fixture
+
+
+def assert_msst_demix_matches(model: torch.nn.Module, fixture: dict, expected_key: str) -> None:
+    """MSST's chunked demix with the fixture's stored parameters must give its stored output
+    (`demix_output` with the stored batch size, `demix_output_batch1` with batches of one)."""
+    from sfsep.inference import demix
+
+    params = fixture["demix_params"]
+    stems = demix(model, fixture["demix_input"], chunk_size=params["chunk_size"], overlap=params["num_overlap"],
+                  style="msst", batch_size=params["batch_size"] if expected_key == "demix_output" else 1)
+    expected = fixture[expected_key]
+    assert stems.shape == expected.shape
+    assert (stems - expected).abs().max().item() < TOLERANCE

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from sfsep.errors import ModelError
-from sfsep.inference import demix
 from sfsep.models import roformer
 from sfsep.models.melscale import hz_to_mel, mel_band_membership, mel_filterbank, mel_to_hz
 
-from parity import TOLERANCE, load_manifest, shared_dir
+from parity import TOLERANCE, assert_msst_demix_matches, load_manifest, shared_dir
 
 BUILDERS = {
     "bs_roformer": roformer.build_bs_roformer,
@@ -124,18 +123,7 @@ def test_forward_matches_reference():
 @pytest.mark.parametrize("expected_key", ["demix_output", "demix_output_batch1"])
 def test_demix_matches_reference(family, expected_key):
     model, fixture = _tiny(family)
-    params = fixture["demix_params"]
-    stems = demix(
-        model,
-        fixture["demix_input"],
-        chunk_size=params["chunk_size"],
-        overlap=params["num_overlap"],
-        style="msst",
-        batch_size=params["batch_size"] if expected_key == "demix_output" else 1,
-    )
-    expected = fixture[expected_key]
-    assert stems.shape == expected.shape
-    assert (stems - expected).abs().max().item() < TOLERANCE
+    assert_msst_demix_matches(model, fixture, expected_key)
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))

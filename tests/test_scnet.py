@@ -9,19 +9,15 @@ import pytest
 import torch
 
 from sfsep.errors import ModelError
-from sfsep.inference import demix
 from sfsep.models import scnet
 
-from parity import TOLERANCE, load_fixture, load_manifest
+from parity import TOLERANCE, assert_msst_demix_matches, load_manifest, tiny_model
 
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    fixture = load_fixture("scnet_tiny")
-    model = scnet.build(fixture["config"]).eval()
-    model.load_state_dict(fixture["state_dict"], strict=True)
-    return model, fixture
+    return tiny_model(scnet.build, "scnet_tiny")
 
 
 @pytest.mark.parametrize("name", ["scnet", "scnet_large"])
@@ -43,22 +39,10 @@ def test_forward_matches_reference(tiny):
     assert (out - fixture["output"]).abs().max().item() < TOLERANCE
 
 
-@pytest.mark.parametrize("batch_size_key", ["demix_output", "demix_output_batch1"])
-def test_demix_matches_reference(tiny, batch_size_key):
+@pytest.mark.parametrize("expected_key", ["demix_output", "demix_output_batch1"])
+def test_demix_matches_reference(tiny, expected_key):
     model, fixture = tiny
-    params = fixture["demix_params"]
-    batch_size = params["batch_size"] if batch_size_key == "demix_output" else 1
-    stems = demix(
-        model,
-        fixture["demix_input"],
-        chunk_size=params["chunk_size"],
-        overlap=params["num_overlap"],
-        style="msst",
-        batch_size=batch_size,
-    )
-    expected = fixture[batch_size_key]
-    assert stems.shape == expected.shape
-    assert (stems - expected).abs().max().item() < TOLERANCE
+    assert_msst_demix_matches(model, fixture, expected_key)
 
 
 @pytest.mark.parametrize("samples", [1000, 4096, 8191, 8192 + 128, 9999])
