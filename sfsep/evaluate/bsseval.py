@@ -229,11 +229,17 @@ def _prepare_inputs(references, estimates) -> tuple[torch.Tensor, torch.Tensor]:
     if references.shape[-1] == 0:
         raise ValueError("references are empty (0 samples)")
     device = references.device
+    # float16/32 inputs stay as they are: every float16/32 value is exactly a float64, so the
+    # pieces the computation reads are converted to float64 where they are used (the
+    # same numbers as a float64 copy, without two whole-track float64 copies whose fresh
+    # pages cost time on every call). Other dtypes are converted to float64 here.
     # (one conversion straight into the contiguous layout: converting a transposed view
     # and making it contiguous afterwards costs two passes, the second one strided)
     contiguous = torch.contiguous_format
-    references = references.to(device=device, dtype=torch.float64, memory_format=contiguous)
-    estimates = estimates.to(device=device, dtype=torch.float64, memory_format=contiguous)
+    exact = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtype = references.dtype if references.dtype in exact else torch.float64
+    references = references.to(device=device, dtype=dtype, memory_format=contiguous)
+    estimates = estimates.to(device=device, dtype=dtype, memory_format=contiguous)
     length = references.shape[-1]
     if estimates.shape[-1] > length:
         estimates = estimates[..., :length]
@@ -248,7 +254,7 @@ def _active_samples(signals: torch.Tensor) -> torch.Tensor:
     active = torch.empty(signals.shape[0], signals.shape[2], dtype=torch.bool, device=signals.device)
     step = 1 << 16  # (pieces keep the temporaries small: large ones cost fresh pages each call)
     for start in range(0, signals.shape[2], step):
-        piece = signals[..., start : start + step]
+        piece = signals[..., start : start + step].to(torch.float64)
         total = piece[:, 0]
         for channel in range(1, signals.shape[1]):
             total = total + piece[:, channel]
@@ -307,12 +313,19 @@ def _cross_correlations(
     # A group of blocks is first copied time-major into a small buffer (zeros outside the
     # track): buffer[u, q] = right[q](group start - max_lag + u). Its wide blocks start at
     # rows b*block, its `left` blocks at rows b*block + max_lag; the FFTs along time read
-    # these strided views in place (rfft zero-pads the `left` blocks to N) and return the
-    # (F, block, signal) layout the products need, without any copy of the spectra.
-    products = left.new_zeros(num_bins, 2 * num_left, 2 * num_right)
+    # these strided views in place (rfft zero-pads the `left` blocks to N). Left to itself,
+    # rfft returns them frequency-contiguous, and the (F, block, 2 * signal) matrices would
+    # then cost a transposing copy per group; written with `out=` into contiguous
+    # (F, block, signal) tensors, they come out in the layout the products read.
+    float64 = dict(dtype=torch.float64, device=left.device)
+    products = torch.zeros(num_bins, 2 * num_left, 2 * num_right, **float64)
     blocks_per_step = max(1, (1 << 19) // (block_fft * num_right))
-    buffer = left.new_empty(blocks_per_step * block + span, num_right)
+    # (float64 whatever the inputs' dtype: the copies below convert them exactly)
+    buffer = torch.empty(blocks_per_step * block + span, num_right, **float64)
     row = buffer.stride(0)
+    complex128 = dict(dtype=torch.complex128, device=left.device)
+    right_memory = torch.empty(num_bins * blocks_per_step * num_right, **complex128)
+    left_memory = torch.empty(num_bins * blocks_per_step * num_left, **complex128)
     for first in range(0, num_blocks, blocks_per_step):
         count = min(num_blocks, first + blocks_per_step) - first
         start = first * block - max_lag  # track position of buffer row 0
@@ -327,8 +340,11 @@ def _cross_correlations(
         narrow = buffer.as_strided(
             (block, count, num_left), (row, block * row, 1), max_lag * row
         )
-        right_spec = torch.view_as_real(torch.fft.rfft(wide, dim=0))  # (F, b, Q, 2)
-        left_spec = torch.view_as_real(torch.fft.rfft(narrow, n=block_fft, dim=0))
+        right_spec = right_memory[: num_bins * count * num_right].view(num_bins, count, num_right)
+        left_spec = left_memory[: num_bins * count * num_left].view(num_bins, count, num_left)
+        torch.fft.rfft(wide, dim=0, out=right_spec)  # (F, b, Q)
+        torch.fft.rfft(narrow, n=block_fft, dim=0, out=left_spec)
+        right_spec, left_spec = torch.view_as_real(right_spec), torch.view_as_real(left_spec)
         products.baddbmm_(
             left_spec.reshape(num_bins, count, 2 * num_left).transpose(1, 2),
             right_spec.reshape(num_bins, count, 2 * num_right),
@@ -491,7 +507,7 @@ def _framewise_scores(
     # One kernel bank, outputs x inputs x taps: rows 0..P-1 are the all-references
     # projections (i, d), rows P..2P-1 the own-reference ones (j, d), columns the
     # references (j, c).
-    kernels = refs.new_zeros(2 * num_signals, num_signals, filters_len)
+    kernels = filters_all.new_zeros(2 * num_signals, num_signals, filters_len)
     kernels[:num_signals] = filters_all.permute(0, 3, 1, 2, 4).reshape(
         num_signals, num_signals, filters_len
     )
@@ -507,8 +523,8 @@ def _framewise_scores(
     edge_kernels = _real_product_matrix(torch.fft.rfft(kernels, n=edge_fft))
 
     def track_piece(signals: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """signals[:, start:stop] with zeros outside the track."""
-        inside = signals[:, max(start, 0) : min(stop, length)]
+        """signals[:, start:stop] in float64 with zeros outside the track."""
+        inside = signals[:, max(start, 0) : min(stop, length)].to(torch.float64)
         before, after = max(0, -start), max(0, stop - max(start, length))
         if before or after:
             inside = torch.nn.functional.pad(inside, (before, after))
@@ -516,9 +532,14 @@ def _framewise_scores(
 
     def apply_kernels(pieces: torch.Tensor, spectra: torch.Tensor, fft_size: int) -> torch.Tensor:
         """Circular convolution of (P, n, fft_size) pieces -> (2P, n, fft_size)."""
-        spectrum = torch.view_as_real(torch.fft.rfft(pieces, n=fft_size))  # (P, n, F, 2)
-        num_bins, num_pieces = spectrum.shape[2], spectrum.shape[1]
-        rows = spectrum.permute(2, 1, 0, 3).reshape(num_bins, num_pieces, 2 * num_signals)
+        # the spectra are written straight into the (F, n, P) layout the product reads
+        # (rfft's own output is frequency-contiguous and would need a transposing copy)
+        num_bins, num_pieces = fft_size // 2 + 1, pieces.shape[1]
+        spectrum = torch.empty(
+            num_bins, num_pieces, num_signals, dtype=torch.complex128, device=pieces.device
+        )
+        torch.fft.rfft(pieces, n=fft_size, out=spectrum.permute(2, 1, 0))
+        rows = torch.view_as_real(spectrum).reshape(num_bins, num_pieces, 2 * num_signals)
         product = torch.bmm(rows, spectra).view(num_bins, num_pieces, 2 * num_signals, 2)
         # the inverse FFT along the frequency axis reads this layout as it is and returns
         # a (time, n, 2P) view of time-contiguous memory
@@ -528,7 +549,7 @@ def _framewise_scores(
     def channel_sum(power: torch.Tensor) -> torch.Tensor:  # (..., P, windows) -> (..., S, windows)
         return power.unflatten(-2, (num_sources, num_channels)).sum(dim=-2)
 
-    sums = refs.new_zeros(7, num_sources, num_windows)
+    sums = filters_all.new_zeros(7, num_sources, num_windows)
     for first in range(0, num_windows, frames_per_batch):
         count = min(num_windows, first + frames_per_batch) - first
         origin = first * hop  # track position of the group's first window
@@ -551,8 +572,8 @@ def _framewise_scores(
             after = after + torch.nn.functional.pad(before[..., window_len:], (0, window_len))
 
         # per-sample powers of the group's windows (r and e are zero past a window's end)
-        ref_part = refs[:, origin : origin + covered]
-        est_part = ests[:, origin : origin + covered]
+        ref_part = refs[:, origin : origin + covered].to(torch.float64)
+        est_part = ests[:, origin : origin + covered].to(torch.float64)
         frames = filtered.unfold(-1, window_len + edge, hop)  # (2P, count, W + edge)
         ref_frames = ref_part.unfold(-1, window_len, hop)
         est_frames = est_part.unfold(-1, window_len, hop)
