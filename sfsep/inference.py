@@ -191,12 +191,10 @@ def _demix_msst(model, mix, chunk_size, num_overlap, batch_size, device, precisi
     return estimate
 
 
-def _demix_msst_demucs(model, mix, chunk_size, num_overlap, batch_size, device, precision, progress):
-    if int(num_overlap) != num_overlap or num_overlap < 1:
-        raise UsageError(f"style 'msst_demucs' takes an integer overlap count, got {num_overlap}")
+def _overlap_add_padded(model, mix, chunks, chunk_size, weights, batch_size, device, precision, progress):
+    """Run zero-padded chunks in batches and overlap-add their outputs, chunk i weighted by
+    weights[i] (its first chunk.length values; None = weight 1), normalized by the summed weights."""
     channels, length = mix.shape
-    step = chunk_size // int(num_overlap)
-    chunks = [Chunk(start, min(chunk_size, length - start)) for start in range(0, length, step)]
 
     def batches():
         for group in _batched(chunks, batch_size):
@@ -204,14 +202,32 @@ def _demix_msst_demucs(model, mix, chunk_size, num_overlap, batch_size, device, 
             yield list(group), torch.stack(parts)
 
     result = None
-    counter = torch.zeros(length)
+    weight_sum = torch.zeros(length)
+    index = 0
     for group, out in _run_batches(model, batches(), len(chunks), device, precision, progress):
         if result is None:
             result = torch.zeros(out.shape[1], channels, length)
         for j, chunk in enumerate(group):
-            result[..., chunk.start : chunk.start + chunk.length] += out[j, ..., : chunk.length]
-            counter[chunk.start : chunk.start + chunk.length] += 1
-    return result / counter
+            piece = out[j, ..., : chunk.length]
+            span = slice(chunk.start, chunk.start + chunk.length)
+            if weights is None:
+                result[..., span] += piece
+                weight_sum[span] += 1
+            else:
+                w = weights[index][: chunk.length]
+                result[..., span] += piece * w
+                weight_sum[span] += w
+            index += 1
+    return result / weight_sum
+
+
+def _demix_msst_demucs(model, mix, chunk_size, num_overlap, batch_size, device, precision, progress):
+    if int(num_overlap) != num_overlap or num_overlap < 1:
+        raise UsageError(f"style 'msst_demucs' takes an integer overlap count, got {num_overlap}")
+    length = mix.shape[-1]
+    step = chunk_size // int(num_overlap)
+    chunks = [Chunk(start, min(chunk_size, length - start)) for start in range(0, length, step)]
+    return _overlap_add_padded(model, mix, chunks, chunk_size, None, batch_size, device, precision, progress)
 
 
 def _centred_excerpt(mix: torch.Tensor, start: int, length: int, padded_length: int) -> torch.Tensor:
@@ -312,28 +328,11 @@ def _demix_fade(model, mix, chunk_size, overlap, batch_size, device, precision, 
     if not 0 <= overlap <= 0.75:
         # Beyond 3/4 a sample could fall only in zero-weight margins of every chunk covering it.
         raise UsageError(f"--overlap must be a fraction between 0 and 0.75, got {overlap}")
-    channels, length = mix.shape
+    length = mix.shape[-1]
     starts = fade_plan(length, chunk_size, overlap)
     weights = _fade_weights(starts, chunk_size, length)
     chunks = [Chunk(start, min(chunk_size, length - start)) for start in starts]
-
-    def batches():
-        for group in _batched(chunks, batch_size):
-            parts = [F.pad(mix[:, c.start : c.start + c.length], (0, chunk_size - c.length)) for c in group]
-            yield list(group), torch.stack(parts)
-
-    result = None
-    weight_sum = torch.zeros(length)
-    index = 0
-    for group, out in _run_batches(model, batches(), len(chunks), device, precision, progress):
-        if result is None:
-            result = torch.zeros(out.shape[1], channels, length)
-        for j, chunk in enumerate(group):
-            w = weights[index][: chunk.length]
-            result[..., chunk.start : chunk.start + chunk.length] += out[j, ..., : chunk.length] * w
-            weight_sum[chunk.start : chunk.start + chunk.length] += w
-            index += 1
-    return result / weight_sum
+    return _overlap_add_padded(model, mix, chunks, chunk_size, weights, batch_size, device, precision, progress)
 
 
 def demix(
