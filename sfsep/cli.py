@@ -7,6 +7,7 @@ stderr and exit code 1 (2 for usage errors); a traceback only with --debug.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -332,7 +333,7 @@ def batch(
     def one(path: Path, update) -> tuple[str, str, str]:
         relative = path.relative_to(folder)
         track_template = filename.replace("{track}", str(relative.with_suffix("")))
-        file_output = type(output)(**{**output.__dict__, "filename": track_template})
+        file_output = dataclasses.replace(output, filename=track_template)
         try:
             result = separate_file(path, separator, output=file_output, settings=settings, progress=update)
         except SfsepError as exc:
