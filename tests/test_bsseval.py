@@ -32,6 +32,7 @@ from sfsep.errors import SfsepError
 from sfsep.evaluate.bsseval import (
     SilentSourceError,
     TrackScores,
+    _cross_correlations,
     aggregate_tracks,
     bss_eval_v4,
     evaluate_track,
@@ -251,6 +252,30 @@ def test_windows_match_the_definition(window, hop):
     assert ours.shape == expected.shape
     assert np.array_equal(np.isnan(ours), np.isnan(expected))
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-8, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "length, max_lag, block_fft",
+    [(1000, 9, 64), (1003, 9, 32), (110, 9, 64), (111, 9, 64), (50, 9, 64), (5, 9, 128),
+     (300, 0, 16), (300, 1, 16), (20000, 100, 512)],
+    ids=["blocks", "short-blocks", "one-block-and-a-bit", "tail-shorter-than-lags",
+         "single-block", "shorter-than-lags", "lag-0", "lag-1", "long"],
+)
+def test_cross_correlations_match_direct_sums(length, max_lag, block_fft):
+    # The whole-track correlations come from per-block FFTs plus short FFTs over the
+    # samples that straddle each block boundary; every layout of blocks, boundaries and
+    # track ends is checked against the direct sums, with float32 and float64 inputs and
+    # a channels-last (non-contiguous) view.
+    generator = torch.Generator().manual_seed(length + max_lag)
+    left = torch.randn(length, 3, generator=generator, dtype=torch.float64).T  # (3, T) view
+    others = torch.randn(2, length, generator=generator).to(torch.float32)
+    right = torch.cat((left, others.double()))
+    expected = torch.zeros(3, 5, max_lag + 1, dtype=torch.float64)
+    for k in range(max_lag + 1):
+        expected[..., k] = left[:, None, : max(length - k, 0)].mul(right[None, :, k:]).sum(-1)
+    ours = _cross_correlations(left, others, max_lag, block_fft)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-11)
 
 
 def _small_case(length=3000, seed=0):

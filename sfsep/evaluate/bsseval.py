@@ -28,15 +28,16 @@ The normal equations G F_i = D_i use the Gram matrix of the delayed references
     D_i[(j,c,a), d]      = sum_n r[j,c](n-a) e[i,d](n)    = R_re[(j,c),(i,d)](a)
 
 with the cross-correlations R_xy(k) = sum_m x(m) y(m + k) over the whole zero-padded track,
-needed only for |k| < L. We get them block by block: the track is cut into blocks of B
-samples; a block of x and the same block of y widened by L-1 samples on both sides are
-transformed with one FFT of size N >= B + 2(L-1) (no circular wrap-around in the lags we
-keep), the products conj(X) Y are summed over blocks, and one inverse FFT per pair gives
-all 2L-1 lags. One solve with all S*C estimate channels as right-hand sides gives every
+needed only for |k| < L, and only for k >= 0 (R_pq(-k) = R_qp(k)). We get them block by
+block: the track is cut into blocks of B samples, each zero-padded to an FFT of size
+N >= B + L-1 (no circular wrap-around in lags 0..L-1); the products conj(X) Y are summed
+over blocks and one inverse FFT per pair gives the pairs of samples inside a block. The
+pairs that straddle a block boundary (the L-1 samples of x before it with the L-1 samples
+of y after it) are added from short FFTs of those edge samples. One solve with all S*C estimate channels as right-hand sides gives every
 F_i (museval factors G once per estimate). As museval, we solve (G + eps I) F = D with eps
 = float64 machine epsilon and fall back to least squares when the solve fails; we use
 Cholesky when G is numerically positive definite and LU (museval's solver) otherwise. G is
-made exactly symmetric (R_pq(k) and R_qp(-k), equal in exact arithmetic, are averaged).
+exactly symmetric (both triangles are filled from the same computed lags).
 The per-source filters F'_j (estimate j projected on reference j alone) solve the diagonal
 blocks of the same system.
 
@@ -85,7 +86,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -163,7 +164,7 @@ def bss_eval_v4(
     hop: int = 44100,
     filters_len: int = 512,
     source_names: Sequence[str] | None = None,
-    frames_per_batch: int = 2,
+    frames_per_batch: int = 1,
 ) -> BSSEvalResult:
     """Framewise BSSEval v4 images metrics, as `museval.evaluate(refs, ests, win, hop)`.
 
@@ -171,8 +172,9 @@ def bss_eval_v4(
     Estimates are zero-padded or truncated to the references' length. The computation runs
     in float64 on the references' device. `window` and `hop` are in samples (museval's
     1-s default at 44.1 kHz is 44100). `source_names` only serves error messages and the
-    result. `frames_per_batch` windows are projected together (it bounds memory; 2 is the
-    fastest on a 2-core CPU with 1-s windows).
+    result. `frames_per_batch` windows are projected together (it bounds memory; 1 is the
+    fastest on a 2-core CPU with 1-s windows: larger groups allocate temporaries that the
+    C allocator hands back to the system and then faults in again, group after group).
     Returns a `BSSEvalResult` (iterable as sdr, isr, sir, sar), each (sources, windows).
     """
     references, estimates = _prepare_inputs(references, estimates)
@@ -229,23 +231,28 @@ def _prepare_inputs(references, estimates) -> tuple[torch.Tensor, torch.Tensor]:
     if references.shape[-1] == 0:
         raise ValueError("references are empty (0 samples)")
     device = references.device
-    # float16/32 inputs stay as they are: every float16/32 value is exactly a float64, so the
-    # pieces the computation reads are converted to float64 where they are used (the
-    # same numbers as a float64 copy, without two whole-track float64 copies whose fresh
-    # pages cost time on every call). Other dtypes are converted to float64 here.
-    # (one conversion straight into the contiguous layout: converting a transposed view
-    # and making it contiguous afterwards costs two passes, the second one strided)
-    contiguous = torch.contiguous_format
+    # float16/32/64 inputs keep their dtype: every float16/32 value is exactly a float64, so
+    # the pieces the computation reads are converted to float64 where they are used (the
+    # same numbers as a float64 copy, without whole-track float64 copies whose fresh pages
+    # cost time on every call). Other dtypes become float64 here. The layout is made
+    # contiguous (S, C, T) in the same pass: the computation reads every signal many times,
+    # and reading a channels-last view piece by piece costs more than this one copy.
     exact = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    dtype = references.dtype if references.dtype in exact else torch.float64
-    references = references.to(device=device, dtype=dtype, memory_format=contiguous)
-    estimates = estimates.to(device=device, dtype=dtype, memory_format=contiguous)
+
+    def on_device(signals: torch.Tensor) -> torch.Tensor:
+        dtype = signals.dtype if signals.dtype in exact else torch.float64
+        # (one pass: `to` converts straight into the contiguous layout, and `contiguous`
+        # then has nothing to do; for a matching dtype `to` returns the view itself,
+        # which `contiguous` copies)
+        return signals.to(device=device, dtype=dtype, memory_format=torch.contiguous_format).contiguous()
+
+    references, estimates = on_device(references), on_device(estimates)
     length = references.shape[-1]
     if estimates.shape[-1] > length:
         estimates = estimates[..., :length]
     elif estimates.shape[-1] < length:
         estimates = torch.nn.functional.pad(estimates, (0, length - estimates.shape[-1]))
-    return references.contiguous(), estimates.contiguous()
+    return references, estimates
 
 
 def _active_samples(signals: torch.Tensor) -> torch.Tensor:
@@ -290,100 +297,151 @@ def _next_fast_len(n: int) -> int:
     return best
 
 
+def _segments_into(
+    out: torch.Tensor, signals: torch.Tensor, first: int, step: int, width: int
+) -> None:
+    """out[..., i, :] = signals[..., s : s + width] with s = first + i * step, converted to
+    out's dtype, zeros past the end of the track. signals: (..., T) in any layout; out: a
+    (..., count, width) view with the same leading dimensions."""
+    count, length = out.shape[-2], signals.shape[-1]
+    inside = count  # the segments lying wholly inside the track, gathered as one view
+    while inside and first + (inside - 1) * step + width > length:
+        inside -= 1
+    if inside:
+        out[..., :inside, :] = signals[..., first : first + (inside - 1) * step + width].unfold(
+            -1, width, step
+        )
+    for index in range(inside, count):
+        begin = first + index * step
+        piece = signals[..., begin : max(begin, min(begin + width, length))]
+        out[..., index, : piece.shape[-1]] = piece
+        out[..., index, piece.shape[-1] :] = 0
+
+
+def _add_conj_products(products: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """products[f] += conj(left[f])^T right[f]: (F, P, Q) complex sums over b of
+    conj(left[f, b, p]) right[f, b, q], for left (F, b, P) and right (F, b, Q) complex.
+
+    One complex batched product (batch = frequency); the conjugate transpose is a flag
+    of the BLAS call, not a copy."""
+    products.baddbmm_(left.transpose(1, 2).conj(), right)
+
+
 def _cross_correlations(
     left: torch.Tensor, others: torch.Tensor, max_lag: int, block_fft: int
 ) -> torch.Tensor:
-    """R[p, q, k + max_lag] = sum_m left[p](m) right[q](m + k) for |k| <= max_lag, where
-    right = left followed by others.
+    """R[p, q, k] = sum_m left[p](m) right[q](m + k) for 0 <= k <= max_lag, where right =
+    left followed by others.
 
-    left: (P, T), others: (Q - P, T), all zero outside [0, T). Returns (P, Q, 2*max_lag + 1).
-    Computed block by block (see the module docstring) so memory does not grow with T.
+    left: (..., T) with P signals in its leading dimensions, others: (..., T) with Q - P,
+    in any memory layout, all zero outside [0, T). Returns (P, Q, max_lag + 1)
+    float64. Computed block by block (see the module docstring) so memory does not grow
+    with T: the sums over pairs inside each block of B = block_fft - max_lag samples, plus
+    the sums over the pairs that straddle a boundary between two blocks.
     """
-    num_left, length = left.shape
-    num_right = num_left + others.shape[0]
-    span = 2 * max_lag
-    block = block_fft - span  # samples of `left` per block
+    length = left.shape[-1]
+    num_left = left.shape[:-1].numel()
+    num_right = num_left + others.shape[:-1].numel()
+    block = block_fft - max_lag  # N >= B + max_lag: no circular wrap-around in lags 0..max_lag
     num_blocks = -(-length // block)
     num_bins = block_fft // 2 + 1
+    float64 = {"dtype": torch.float64, "device": left.device}
+    complex128 = {"dtype": torch.complex128, "device": left.device}
+    groups = ((left, slice(0, num_left)), (others, slice(num_left, num_right)))
 
-    # Sum over blocks of conj(X_p) Y_q for every pair (p, q) and frequency f, as one real
-    # batched matrix product per group of blocks (batch = frequency): the real view of the
-    # (F, block, signal) spectra is (F, block, 2 * signal) [re, im interleaved], and
-    # conj(X)^T Y = (Xr'Yr + Xi'Yi) + i (Xr'Yi - Xi'Yr).
-    # A group of blocks is first copied time-major into a small buffer (zeros outside the
-    # track): buffer[u, q] = right[q](group start - max_lag + u). Its wide blocks start at
-    # rows b*block, its `left` blocks at rows b*block + max_lag; the FFTs along time read
-    # these strided views in place (rfft zero-pads the `left` blocks to N). Left to itself,
-    # rfft returns them frequency-contiguous, and the (F, block, 2 * signal) matrices would
-    # then cost a transposing copy per group; written with `out=` into contiguous
-    # (F, block, signal) tensors, they come out in the layout the products read.
-    float64 = dict(dtype=torch.float64, device=left.device)
-    products = torch.zeros(num_bins, 2 * num_left, 2 * num_right, **float64)
-    blocks_per_step = max(1, (1 << 19) // (block_fft * num_right))
-    # (float64 whatever the inputs' dtype: the copies below convert them exactly)
-    buffer = torch.empty(blocks_per_step * block + span, num_right, **float64)
-    row = buffer.stride(0)
-    complex128 = dict(dtype=torch.complex128, device=left.device)
-    right_memory = torch.empty(num_bins * blocks_per_step * num_right, **complex128)
-    left_memory = torch.empty(num_bins * blocks_per_step * num_left, **complex128)
+    # Pairs inside a block. A group of blocks is copied time-major into a buffer whose rows
+    # [B, N) stay zero (the FFT's padding); the FFT along time writes the spectra straight
+    # into the (F, block, signal) layout the batched products read.
+    products = torch.zeros(num_bins, num_left, num_right, **complex128)
+    blocks_per_step = max(1, min(num_blocks, (1 << 20) // (block_fft * num_right)))
+    buffer = torch.zeros(blocks_per_step, block_fft, num_right, **float64)
+    spectra = torch.empty(num_bins * blocks_per_step * num_right, **complex128)
     for first in range(0, num_blocks, blocks_per_step):
         count = min(num_blocks, first + blocks_per_step) - first
-        start = first * block - max_lag  # track position of buffer row 0
-        stop = start + count * block + span
-        inside_start, inside_stop = max(start, 0), min(stop, length)
-        if inside_start > start or inside_stop < stop:
-            buffer.zero_()
-        rows = slice(inside_start - start, inside_stop - start)
-        buffer[rows, :num_left] = left[:, inside_start:inside_stop].T
-        buffer[rows, num_left:] = others[:, inside_start:inside_stop].T
-        wide = buffer.as_strided((block_fft, count, num_right), (row, block * row, 1))
-        narrow = buffer.as_strided(
-            (block, count, num_left), (row, block * row, 1), max_lag * row
+        for signals, columns in groups:
+            target = buffer[:count, :block, columns].permute(2, 0, 1)  # (signal, block, time)
+            _segments_into(
+                target.unflatten(0, signals.shape[:-1]), signals, first * block, block, block
+            )
+        spectrum = spectra[: num_bins * count * num_right].view(num_bins, count, num_right)
+        torch.fft.rfft(buffer[:count], dim=1, out=spectrum.transpose(0, 1))
+        _add_conj_products(products, spectrum[..., :num_left], spectrum)
+    correlations = torch.fft.irfft(products.permute(1, 2, 0), n=block_fft)
+    correlations = correlations[..., : max_lag + 1].contiguous()
+    if num_blocks == 1 or max_lag == 0:
+        return correlations
+
+    # Pairs across the boundary s = b*B: x on [s - max_lag, s), y on [s, s + max_lag).
+    # With x' = x[s - max_lag + u] and y' = y[s + v], the pair at lag k has v = u + k -
+    # max_lag: lags 1..max_lag are lags 1-max_lag..0 of the short correlation of x', y'.
+    boundary_fft = _next_fast_len(2 * max_lag)  # >= 2*max_lag - 1: no wrap-around
+    boundary_bins = boundary_fft // 2 + 1
+    boundaries = num_blocks - 1
+    products = torch.zeros(boundary_bins, num_left, num_right, **complex128)
+    per_step = max(1, min(boundaries, (1 << 20) // (boundary_fft * num_right)))
+    tails = torch.empty(num_left, per_step, max_lag, **float64)
+    heads = torch.empty(num_right, per_step, max_lag, **float64)
+    tail_spectra = torch.empty(boundary_bins, per_step, num_left, **complex128)
+    head_spectra = torch.empty(boundary_bins, per_step, num_right, **complex128)
+    for first in range(0, boundaries, per_step):
+        count = min(boundaries, first + per_step) - first
+        boundary = (first + 1) * block  # position of this step's first boundary
+        _segments_into(
+            tails[:, :count].unflatten(0, left.shape[:-1]), left, boundary - max_lag, block, max_lag
         )
-        right_spec = right_memory[: num_bins * count * num_right].view(num_bins, count, num_right)
-        left_spec = left_memory[: num_bins * count * num_left].view(num_bins, count, num_left)
-        torch.fft.rfft(wide, dim=0, out=right_spec)  # (F, b, Q)
-        torch.fft.rfft(narrow, n=block_fft, dim=0, out=left_spec)
-        right_spec, left_spec = torch.view_as_real(right_spec), torch.view_as_real(left_spec)
-        products.baddbmm_(
-            left_spec.reshape(num_bins, count, 2 * num_left).transpose(1, 2),
-            right_spec.reshape(num_bins, count, 2 * num_right),
-        )
-    real = products[:, 0::2, 0::2] + products[:, 1::2, 1::2]
-    imag = products[:, 0::2, 1::2] - products[:, 1::2, 0::2]
-    spectrum_sum = torch.complex(real, imag).permute(1, 2, 0)  # (P, Q, F)
-    # circular correlation c(l) = sum_u x(u) y(u + l); lag k sits at l = k + max_lag
-    return torch.fft.irfft(spectrum_sum, n=block_fft)[..., : span + 1]
+        for signals, rows in groups:
+            _segments_into(
+                heads[rows, :count].unflatten(0, signals.shape[:-1]), signals, boundary, block, max_lag
+            )
+        tail_spectrum, head_spectrum = tail_spectra[:, :count], head_spectra[:, :count]
+        torch.fft.rfft(tails[:, :count], n=boundary_fft, out=tail_spectrum.permute(2, 1, 0))
+        torch.fft.rfft(heads[:, :count], n=boundary_fft, out=head_spectrum.permute(2, 1, 0))
+        _add_conj_products(products, tail_spectrum, head_spectrum)
+    circular = torch.fft.irfft(products.permute(1, 2, 0), n=boundary_fft)
+    # short-correlation lag l sits at index l mod N: lags 1-max_lag..-1, then lag 0
+    correlations[..., 1:-1] += circular[..., boundary_fft - max_lag + 1 :]
+    correlations[..., -1] += circular[..., 0]
+    return correlations
 
 
 def _solve_regularized(
-    gram: torch.Tensor, rhs: torch.Tensor, try_cholesky: bool = True
+    make_gram: Callable[[], torch.Tensor], rhs: torch.Tensor, try_cholesky: bool = True
 ) -> tuple[torch.Tensor, bool]:
     """Solve (gram + eps I) x = rhs, eps = float64 machine epsilon, as museval does.
 
-    gram is a Gram matrix (symmetric positive semi-definite), so Cholesky is tried first
-    when `try_cholesky` (half the work of LU; only the lower triangle is read). With tonal or
-    band-limited sources gram is numerically singular (condition numbers of 1e20 occur) and
-    Cholesky breaks down; then LU (museval's solver), then least squares if LU fails too.
-    Returns the solution and whether Cholesky succeeded. `gram` is modified (eps added to its
-    diagonal) to avoid a copy of a 4096 x 4096 matrix.
+    `make_gram()` returns the Gram matrix (symmetric positive semi-definite, exactly
+    symmetric, contiguous) in memory this function may overwrite: every factorization runs
+    in place, because a copy of a 4096 x 4096 matrix is 128 MB of fresh memory whose page
+    faults cost as much as a tenth of the factorization. It is called again to start over
+    after a factorization fails.
+    Cholesky is tried first when `try_cholesky` (half the work of LU; only the lower
+    triangle is read). With tonal or band-limited sources gram is numerically singular
+    (condition numbers of 1e20 occur) and Cholesky breaks down; then LU (museval's solver),
+    then least squares on the gram without eps (museval's fallback) if LU fails too.
+    Returns the solution and whether Cholesky succeeded.
     """
     eps = torch.finfo(torch.float64).eps
+    gram = make_gram()
     gram.diagonal().add_(eps)
+    info = torch.empty((), dtype=torch.int32, device=gram.device)
     if try_cholesky:
-        factor, info = torch.linalg.cholesky_ex(gram)
+        factor, _ = torch.linalg.cholesky_ex(gram, out=(gram, info))
         if int(info) == 0:
             # (two triangular solves: several times faster than cholesky_solve here)
             half = torch.linalg.solve_triangular(factor, rhs, upper=False)
             return torch.linalg.solve_triangular(factor.mT, half, upper=True), True
+        gram = make_gram()
+        gram.diagonal().add_(eps)
     # (no batched LU: it is broken on CPU in torch 2.13 for 256 rows and more)
-    # gram is exactly symmetric: its transpose (a column-major view) is the same matrix and
-    # spares LAPACK a copy of it
-    solution, info = torch.linalg.solve_ex(gram.mT, rhs)
-    if int(info) == 0 and bool(torch.isfinite(solution).all()):
-        return solution, False
-    gram.diagonal().sub_(eps)
-    return torch.linalg.lstsq(gram, rhs).solution, False
+    # gram is exactly symmetric: its transpose, a column-major view, is the same matrix in
+    # the layout LAPACK factors in place
+    pivots = torch.empty(gram.shape[0], dtype=torch.int32, device=gram.device)
+    factors, pivots, _ = torch.linalg.lu_factor_ex(gram.mT, out=(gram.mT, pivots, info))
+    if int(info) == 0:
+        solution = torch.linalg.lu_solve(factors, pivots, rhs)
+        if bool(torch.isfinite(solution).all()):
+            return solution, False
+    return torch.linalg.lstsq(make_gram(), rhs).solution, False
 
 
 def _block_toeplitz(ref_ref: torch.Tensor, filters_len: int) -> torch.Tensor:
@@ -421,20 +479,20 @@ def _distortion_filters(
     Returns filters_all (S_est, S_ref, C_ref, C_est, L): estimate i from all references, and
     filters_own (S, C_ref, C_est, L): estimate j from reference j alone.
     """
-    num_sources, num_channels, length = references.shape
+    num_sources, num_channels, _ = references.shape
     num_signals = num_sources * num_channels
     lags = filters_len - 1
     block_fft = max(8192, 1 << (8 * lags).bit_length())
-    correlations = _cross_correlations(
-        references.reshape(num_signals, length), estimates.reshape(num_signals, length),
-        lags, block_fft,
-    )
-    ref_ref = correlations[:, :num_signals]  # (P, P, 2L-1), lag k at index k + L-1
-    ref_est = correlations[:, num_signals:, lags:]  # (P, P, L), lag a >= 0
-
-    # R_pq(k) = R_qp(-k): averaging the two computed values makes the gram below exactly
-    # symmetric (so its transpose is the same matrix, see _solve_regularized)
-    ref_ref = 0.5 * (ref_ref + ref_ref.transpose(0, 1).flip(-1))
+    correlations = _cross_correlations(references, estimates, lags, block_fft)  # (P, 2P, L)
+    ref_est = correlations[:, num_signals:]  # (P, P, L), lag a >= 0
+    # R_pq at lags -(L-1)..L-1, index k + L-1: the negative lags are R_pq(-k) = R_qp(k).
+    # Every gram entry off the block diagonals' main diagonal is then read from one
+    # computed value by both of its symmetric positions; lag 0 of R_pq and R_qp (equal in
+    # exact arithmetic) are averaged. So the gram is exactly symmetric (its transpose is
+    # the same matrix, see _solve_regularized).
+    positive = correlations[:, :num_signals]
+    ref_ref = torch.cat((positive.transpose(0, 1).flip(-1)[..., :lags], positive), dim=-1)
+    ref_ref[..., lags] = 0.5 * (positive[..., 0] + positive[..., 0].T)
     gram = _block_toeplitz(ref_ref, filters_len)
     rhs = ref_est.permute(0, 2, 1).reshape(num_signals * filters_len, num_signals)
 
@@ -446,31 +504,25 @@ def _distortion_filters(
     for j in range(num_sources):
         rows = slice(j * block, (j + 1) * block)
         solution, definite = _solve_regularized(
-            gram[rows, rows].clone(), rhs[rows, j * num_channels : (j + 1) * num_channels]
+            lambda rows=rows, gram=gram: gram[rows, rows].clone(),
+            rhs[rows, j * num_channels : (j + 1) * num_channels],
         )
         own_solutions.append(solution)  # (C*L, C): rows (c, a), columns d
         all_definite = all_definite and definite
     filters_own = torch.stack(own_solutions).reshape(num_sources, num_channels, filters_len, num_channels)
     filters_own = filters_own.permute(0, 1, 3, 2)  # (j, c, d, a)
 
-    solution, _ = _solve_regularized(gram, rhs, try_cholesky=all_definite)
+    # the whole system, factored in the gram built above (then rebuilt if need be)
+    built = [gram]
+    del gram
+
+    def whole_gram() -> torch.Tensor:
+        return built.pop() if built else _block_toeplitz(ref_ref, filters_len)
+
+    solution, _ = _solve_regularized(whole_gram, rhs, try_cholesky=all_definite)
     filters_all = solution.reshape(num_sources, num_channels, filters_len, num_sources, num_channels)
     filters_all = filters_all.permute(3, 0, 1, 4, 2)  # (i, j, c, d, a), rows were (j, c, a)
     return filters_all.contiguous(), filters_own.contiguous()
-
-
-def _real_product_matrix(spectra: torch.Tensor) -> torch.Tensor:
-    """(O, I, F) complex filter spectra -> (F, 2I, 2O) real matrices M with
-    M[(i, a), (o, b)] the real coefficient taking part a (0 re, 1 im) of input i to part
-    b of output o, so that a row of inputs with re and im interleaved, times M, is the
-    row of outputs interleaved the same way (CPU batched products of complex matrices
-    this small are far slower than one real batched product)."""
-    real, imag = spectra.real.permute(2, 1, 0), spectra.imag.permute(2, 1, 0)  # (F, I, O)
-    from_real = torch.stack((real, imag), dim=-1)  # re_in -> (re_out, im_out)
-    from_imag = torch.stack((-imag, real), dim=-1)  # im_in -> (re_out, im_out)
-    matrix = torch.stack((from_real, from_imag), dim=2)  # (F, I, 2, O, 2)
-    num_bins, num_in, _, num_out, _ = matrix.shape
-    return matrix.reshape(num_bins, 2 * num_in, 2 * num_out).contiguous()
 
 
 def _framewise_scores(
@@ -501,8 +553,7 @@ def _framewise_scores(
     edge = filters_len - 1  # outputs a filter adds past its input; taps that reach back
     head = min(edge, window_len)  # window-local samples that need the "before" correction
     inner = window_len - head  # samples inside the window that need no correction
-    refs = references.reshape(num_signals, length)
-    ests = estimates.reshape(num_signals, length)
+    contiguous = torch.contiguous_format
 
     # One kernel bank, outputs x inputs x taps: rows 0..P-1 are the all-references
     # projections (i, d), rows P..2P-1 the own-reference ones (j, d), columns the
@@ -516,15 +567,18 @@ def _framewise_scores(
         kernels[num_signals + j * num_channels : num_signals + (j + 1) * num_channels, rows] = (
             filters_own[j].permute(1, 0, 2)  # (c, d, a) -> (d, c, a)
         )
-    track_fft = _next_fast_len(max(4096, 16 * filters_len))
+    track_fft = _next_fast_len(max(4096, 8 * filters_len))
     track_step = track_fft - edge
-    track_kernels = _real_product_matrix(torch.fft.rfft(kernels, n=track_fft))
+    # (F, P, 2P) complex: row p of bin f takes input p to every output
+    track_kernels = torch.fft.rfft(kernels, n=track_fft).permute(2, 1, 0).contiguous()
     edge_fft = _next_fast_len(max(1, 2 * edge))  # full convolution of edge samples: 2L-2
-    edge_kernels = _real_product_matrix(torch.fft.rfft(kernels, n=edge_fft))
+    edge_kernels = torch.fft.rfft(kernels, n=edge_fft).permute(2, 1, 0).contiguous()
 
     def track_piece(signals: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """signals[:, start:stop] in float64 with zeros outside the track."""
-        inside = signals[:, max(start, 0) : min(stop, length)].to(torch.float64)
+        """(S, C, T) signals[..., start:stop] as (P, stop - start) float64 with zeros outside
+        the track."""
+        inside = signals[..., max(start, 0) : min(stop, length)]
+        inside = inside.to(torch.float64, memory_format=contiguous).flatten(0, 1)
         before, after = max(0, -start), max(0, stop - max(start, length))
         if before or after:
             inside = torch.nn.functional.pad(inside, (before, after))
@@ -539,11 +593,10 @@ def _framewise_scores(
             num_bins, num_pieces, num_signals, dtype=torch.complex128, device=pieces.device
         )
         torch.fft.rfft(pieces, n=fft_size, out=spectrum.permute(2, 1, 0))
-        rows = torch.view_as_real(spectrum).reshape(num_bins, num_pieces, 2 * num_signals)
-        product = torch.bmm(rows, spectra).view(num_bins, num_pieces, 2 * num_signals, 2)
+        product = torch.bmm(spectrum, spectra)  # (F, n, 2P), one complex product per bin
         # the inverse FFT along the frequency axis reads this layout as it is and returns
         # a (time, n, 2P) view of time-contiguous memory
-        result = torch.fft.irfft(torch.view_as_complex(product), n=fft_size, dim=0)
+        result = torch.fft.irfft(product, n=fft_size, dim=0)
         return result.permute(2, 1, 0)
 
     def channel_sum(power: torch.Tensor) -> torch.Tensor:  # (..., P, windows) -> (..., S, windows)
@@ -558,7 +611,7 @@ def _framewise_scores(
         # Whole-track filtering on [origin, origin + outputs) by overlap-save: block b reads
         # the input from origin - edge + b*step on, its last `step` outputs are kept.
         num_blocks = -(-outputs // track_step)
-        source = track_piece(refs, origin - edge, origin + num_blocks * track_step)
+        source = track_piece(references, origin - edge, origin + num_blocks * track_step)
         filtered = apply_kernels(source.unfold(-1, track_fft, track_step), track_kernels, track_fft)
         filtered = filtered[..., edge:].reshape(2 * num_signals, -1)[:, :outputs]
 
@@ -572,8 +625,8 @@ def _framewise_scores(
             after = after + torch.nn.functional.pad(before[..., window_len:], (0, window_len))
 
         # per-sample powers of the group's windows (r and e are zero past a window's end)
-        ref_part = refs[:, origin : origin + covered].to(torch.float64)
-        est_part = ests[:, origin : origin + covered].to(torch.float64)
+        ref_part = track_piece(references, origin, origin + covered)
+        est_part = track_piece(estimates, origin, origin + covered)
         frames = filtered.unfold(-1, window_len + edge, hop)  # (2P, count, W + edge)
         ref_frames = ref_part.unfold(-1, window_len, hop)
         est_frames = est_part.unfold(-1, window_len, hop)
