@@ -33,11 +33,12 @@ block: the track is cut into blocks of B samples, each zero-padded to an FFT of 
 N >= B + L-1 (no circular wrap-around in lags 0..L-1); the products conj(X) Y are summed
 over blocks and one inverse FFT per pair gives the pairs of samples inside a block. The
 pairs that straddle a block boundary (the L-1 samples of x before it with the L-1 samples
-of y after it) are added from short FFTs of those edge samples. One solve with all S*C estimate channels as right-hand sides gives every
-F_i (museval factors G once per estimate). As museval, we solve (G + eps I) F = D with eps
-= float64 machine epsilon and fall back to least squares when the solve fails; we use
-Cholesky when G is numerically positive definite and LU (museval's solver) otherwise. G is
-exactly symmetric (both triangles are filled from the same computed lags).
+of y after it) are added from short FFTs of those edge samples. One solve with all S*C
+estimate channels as right-hand sides gives every F_i (museval factors G once per
+estimate). As museval, we solve (G + eps I) F = D with eps = float64 machine epsilon and
+fall back to least squares when the solve fails; we use Cholesky when G is numerically
+positive definite and LU (museval's solver) otherwise, both in place. G is exactly
+symmetric (both triangles are filled from the same computed lags).
 The per-source filters F'_j (estimate j projected on reference j alone) solve the diagonal
 blocks of the same system.
 
@@ -405,23 +406,26 @@ def _cross_correlations(
 
 
 def _solve_regularized(
-    make_gram: Callable[[], torch.Tensor], rhs: torch.Tensor, try_cholesky: bool = True
+    gram: torch.Tensor,
+    rebuild: Callable[[], torch.Tensor],
+    rhs: torch.Tensor,
+    try_cholesky: bool = True,
 ) -> tuple[torch.Tensor, bool]:
     """Solve (gram + eps I) x = rhs, eps = float64 machine epsilon, as museval does.
 
-    `make_gram()` returns the Gram matrix (symmetric positive semi-definite, exactly
-    symmetric, contiguous) in memory this function may overwrite: every factorization runs
-    in place, because a copy of a 4096 x 4096 matrix is 128 MB of fresh memory whose page
-    faults cost as much as a tenth of the factorization. It is called again to start over
-    after a factorization fails.
+    gram is the Gram matrix (symmetric positive semi-definite, exactly symmetric,
+    contiguous), and this function overwrites it: every factorization runs in place,
+    because a copy of a 4096 x 4096 matrix is 128 MB of fresh memory whose page faults cost
+    as much as a tenth of the factorization. `rebuild()` returns the same matrix anew, to
+    start over after a factorization fails.
     Cholesky is tried first when `try_cholesky` (half the work of LU; only the lower
     triangle is read). With tonal or band-limited sources gram is numerically singular
     (condition numbers of 1e20 occur) and Cholesky breaks down; then LU (museval's solver),
-    then least squares on the gram without eps (museval's fallback) if LU fails too.
+    then least squares on the gram without eps (museval's fallback, numpy's SVD-based
+    lstsq) if LU fails too.
     Returns the solution and whether Cholesky succeeded.
     """
     eps = torch.finfo(torch.float64).eps
-    gram = make_gram()
     gram.diagonal().add_(eps)
     info = torch.empty((), dtype=torch.int32, device=gram.device)
     if try_cholesky:
@@ -430,7 +434,7 @@ def _solve_regularized(
             # (two triangular solves: several times faster than cholesky_solve here)
             half = torch.linalg.solve_triangular(factor, rhs, upper=False)
             return torch.linalg.solve_triangular(factor.mT, half, upper=True), True
-        gram = make_gram()
+        gram = rebuild()
         gram.diagonal().add_(eps)
     # (no batched LU: it is broken on CPU in torch 2.13 for 256 rows and more)
     # gram is exactly symmetric: its transpose, a column-major view, is the same matrix in
@@ -441,7 +445,11 @@ def _solve_regularized(
         solution = torch.linalg.lu_solve(factors, pivots, rhs)
         if bool(torch.isfinite(solution).all()):
             return solution, False
-    return torch.linalg.lstsq(make_gram(), rhs).solution, False
+    # numpy's lstsq, which museval calls, is LAPACK gelsd (SVD, singular values below
+    # eps * max(m, n) * the largest one taken as zero); torch's CPU default, gelsy, returns
+    # garbage on some of these matrices. CUDA has only gels.
+    driver = "gelsd" if gram.device.type == "cpu" else None
+    return torch.linalg.lstsq(rebuild(), rhs, driver=driver).solution, False
 
 
 def _block_toeplitz(ref_ref: torch.Tensor, filters_len: int) -> torch.Tensor:
@@ -486,10 +494,9 @@ def _distortion_filters(
     correlations = _cross_correlations(references, estimates, lags, block_fft)  # (P, 2P, L)
     ref_est = correlations[:, num_signals:]  # (P, P, L), lag a >= 0
     # R_pq at lags -(L-1)..L-1, index k + L-1: the negative lags are R_pq(-k) = R_qp(k).
-    # Every gram entry off the block diagonals' main diagonal is then read from one
-    # computed value by both of its symmetric positions; lag 0 of R_pq and R_qp (equal in
-    # exact arithmetic) are averaged. So the gram is exactly symmetric (its transpose is
-    # the same matrix, see _solve_regularized).
+    # So both symmetric positions of a gram entry read the same computed value (lag 0 of
+    # R_pq and R_qp, equal in exact arithmetic, are averaged): the gram is exactly
+    # symmetric, and its transpose is the same matrix (see _solve_regularized).
     positive = correlations[:, :num_signals]
     ref_ref = torch.cat((positive.transpose(0, 1).flip(-1)[..., :lags], positive), dim=-1)
     ref_ref[..., lags] = 0.5 * (positive[..., 0] + positive[..., 0].T)
@@ -503,23 +510,22 @@ def _distortion_filters(
     all_definite = True
     for j in range(num_sources):
         rows = slice(j * block, (j + 1) * block)
+
+        def own_block(rows: slice = rows) -> torch.Tensor:
+            return gram[rows, rows].clone()
+
         solution, definite = _solve_regularized(
-            lambda rows=rows, gram=gram: gram[rows, rows].clone(),
-            rhs[rows, j * num_channels : (j + 1) * num_channels],
+            own_block(), own_block, rhs[rows, j * num_channels : (j + 1) * num_channels]
         )
         own_solutions.append(solution)  # (C*L, C): rows (c, a), columns d
         all_definite = all_definite and definite
     filters_own = torch.stack(own_solutions).reshape(num_sources, num_channels, filters_len, num_channels)
     filters_own = filters_own.permute(0, 1, 3, 2)  # (j, c, d, a)
 
-    # the whole system, factored in the gram built above (then rebuilt if need be)
-    built = [gram]
-    del gram
-
-    def whole_gram() -> torch.Tensor:
-        return built.pop() if built else _block_toeplitz(ref_ref, filters_len)
-
-    solution, _ = _solve_regularized(whole_gram, rhs, try_cholesky=all_definite)
+    # the whole system, factored in the gram built above (rebuilt from the lags if need be)
+    solution, _ = _solve_regularized(
+        gram, lambda: _block_toeplitz(ref_ref, filters_len), rhs, try_cholesky=all_definite
+    )
     filters_all = solution.reshape(num_sources, num_channels, filters_len, num_sources, num_channels)
     filters_all = filters_all.permute(3, 0, 1, 4, 2)  # (i, j, c, d, a), rows were (j, c, a)
     return filters_all.contiguous(), filters_own.contiguous()
