@@ -37,6 +37,12 @@ UTTERANCE_SDR_EPS = 1e-8
 SI_SDR_EPS = 1e-8
 
 
+#: samples per piece: the sums run over float64 pieces of this length, not over whole-track
+#: float64 copies (a 60-s 4-source stereo track would need several 170 MB temporaries, and
+#: their fresh pages cost more time than the arithmetic)
+_PIECE = 1 << 16
+
+
 def _as_pair(reference, estimate) -> tuple[torch.Tensor, torch.Tensor]:
     reference = torch.as_tensor(reference)
     estimate = torch.as_tensor(estimate)
@@ -47,9 +53,24 @@ def _as_pair(reference, estimate) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if reference.ndim < 2:
         raise ValueError("signals must be (..., channels, samples)")
-    reference = reference.to(torch.float64)
-    estimate = estimate.to(device=reference.device, dtype=torch.float64)
-    return reference, estimate
+    return reference, estimate.to(reference.device)
+
+
+def _pieces(reference: torch.Tensor, estimate: torch.Tensor):
+    """(reference, estimate) in float64 pieces along the samples."""
+    for start in range(0, max(1, reference.shape[-1]), _PIECE):
+        piece = (..., slice(start, start + _PIECE))
+        yield reference[piece].to(torch.float64), estimate[piece].to(torch.float64)
+
+
+def _sum_over_pieces(reference: torch.Tensor, estimate: torch.Tensor, terms) -> torch.Tensor:
+    """sum over channels and samples of each of `terms(ref_piece, est_piece)` (a tuple of
+    same-shaped tensors) -> (len(terms), ...) float64."""
+    total = None
+    for ref_piece, est_piece in _pieces(reference, estimate):
+        sums = torch.stack([term.sum(dim=(-2, -1)) for term in terms(ref_piece, est_piece)])
+        total = sums if total is None else total + sums
+    return total
 
 
 def utterance_sdr(
@@ -57,18 +78,22 @@ def utterance_sdr(
 ) -> torch.Tensor:
     """Whole-signal SDR in dB over (..., channels, samples) -> (...)."""
     reference, estimate = _as_pair(reference, estimate)
-    signal = reference.square().sum(dim=(-2, -1))
-    error = (reference - estimate).square().sum(dim=(-2, -1))
+    signal, error = _sum_over_pieces(
+        reference, estimate, lambda ref, est: (ref.square(), (ref - est).square())
+    )
     return 10 * torch.log10((signal + eps) / (error + eps))
 
 
 def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = SI_SDR_EPS) -> torch.Tensor:
     """Scale-invariant SDR in dB over (..., channels, samples) -> (...)."""
     reference, estimate = _as_pair(reference, estimate)
-    gain = (estimate * reference).sum(dim=(-2, -1), keepdim=True) / (
-        reference.square().sum(dim=(-2, -1), keepdim=True) + eps
+    product, energy = _sum_over_pieces(
+        reference, estimate, lambda ref, est: (est * ref, ref.square())
     )
-    target = gain * reference
-    signal = target.square().sum(dim=(-2, -1))
-    error = (target - estimate).square().sum(dim=(-2, -1))
+    gain = (product / (energy + eps))[..., None, None]
+    # the error is summed from the samples (a second pass), not expanded into energies,
+    # which would cancel when the estimate is close to the scaled reference
+    signal, error = _sum_over_pieces(
+        reference, estimate, lambda ref, est: ((gain * ref).square(), (gain * ref - est).square())
+    )
     return 10 * torch.log10(signal / (error + eps) + eps)
