@@ -456,7 +456,11 @@ def _block_toeplitz(ref_ref: torch.Tensor, filters_len: int) -> torch.Tensor:
             (num_signals, filters_len, num_signals, filters_len),
             (stride_p, stride_k, stride_q, -stride_k),
         )
-        return torch.from_numpy(view.copy(order="C")).reshape(size, size)
+        # (into torch's memory: numpy asks the kernel for huge pages for an array this
+        # large, and compacting memory for them stalled some calls by up to 0.3 s)
+        gram = torch.empty(size, size, dtype=ref_ref.dtype)
+        np.copyto(gram.numpy().reshape(view.shape), view)
+        return gram
     stride_p, stride_q, stride_k = ref_ref.stride()
     return ref_ref.as_strided(
         (num_signals, filters_len, num_signals, filters_len),
