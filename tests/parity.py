@@ -51,6 +51,27 @@ def tiny_model(build, name: str) -> tuple[torch.nn.Module, dict]:
     return model, fixture
 
 
+def assert_published_layout(build, name: str) -> torch.nn.Module:
+    """The published configuration in manifest `name` builds exactly its state_dict: every
+    key and shape, the parameter count and the stems. Returns the (meta-device) model."""
+    manifest = load_manifest(name)
+    with torch.device("meta"):
+        model = build(manifest["config"])
+    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert shapes == manifest["state_dict"]
+    assert sum(value.numel() for value in model.state_dict().values()) == manifest["params"]
+    assert model.stems == tuple(manifest["config"]["training"]["instruments"])
+    return model
+
+
+def assert_forward_matches(model: torch.nn.Module, fixture: dict) -> None:
+    """The model's forward pass on the fixture's input gives its stored output."""
+    with torch.inference_mode():
+        out = model(fixture["input"])
+    assert out.shape == fixture["output"].shape
+    assert (out - fixture["output"]).abs().max().item() < TOLERANCE
+
+
 def assert_msst_demix_matches(model: torch.nn.Module, fixture: dict, expected_key: str) -> None:
     """MSST's chunked demix with the fixture's stored parameters must give its stored output
     (`demix_output` with the stored batch size, `demix_output_batch1` with batches of one)."""

@@ -11,7 +11,13 @@ import torch
 from sfsep.errors import ModelError
 from sfsep.models import mdx23c
 
-from parity import TOLERANCE, assert_msst_demix_matches, load_manifest, tiny_model
+from parity import (
+    TOLERANCE,
+    assert_forward_matches,
+    assert_msst_demix_matches,
+    assert_published_layout,
+    tiny_model,
+)
 
 
 
@@ -22,21 +28,11 @@ def tiny():
 
 @pytest.mark.parametrize("name", ["mdx23c", "mdx23c_vocals"])
 def test_published_keys_and_shapes(name):
-    manifest = load_manifest(name)
-    with torch.device("meta"):
-        model = mdx23c.build(manifest["config"])
-    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
-    assert shapes == manifest["state_dict"]
-    assert sum(value.numel() for value in model.state_dict().values()) == manifest["params"]
-    assert model.stems == tuple(manifest["config"]["training"]["instruments"])
+    assert_published_layout(mdx23c.build, name)
 
 
 def test_forward_matches_reference(tiny):
-    model, fixture = tiny
-    with torch.inference_mode():
-        out = model(fixture["input"])
-    assert out.shape == fixture["output"].shape
-    assert (out - fixture["output"]).abs().max().item() < TOLERANCE
+    assert_forward_matches(*tiny)
 
 
 @pytest.mark.parametrize("expected_key", ["demix_output", "demix_output_batch1"])
