@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .precision import run_rnn
 
 MODEL_KEYS = (
     "sr",
@@ -252,7 +253,7 @@ class SequenceBlock(nn.Module):
         sequences = x.reshape(batch * groups, length, features)
         # One group per feature: each feature is normalised over the sequence.
         normalised = self.groupnorm(sequences.transpose(1, 2)).transpose(1, 2)
-        residual = self.fc(self.rnn(normalised)[0])
+        residual = self.fc(run_rnn(self.rnn, normalised))
         return x + residual.reshape(batch, groups, length, features)
 
 

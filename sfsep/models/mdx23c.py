@@ -39,20 +39,13 @@ computation as the reference (identical output on the samples it returns).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """A context that disables autocast on `device` (FFTs stay in float32 under AMP)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+from .precision import autocast_off
 
 
 def _norm_factory(norm_type: str) -> Callable[[int], nn.Module]:
@@ -237,7 +230,7 @@ class MDX23C(nn.Module):
     def _to_subbands(self, wave: torch.Tensor) -> torch.Tensor:
         """(batch, channels, samples) -> (batch, channels*2*subbands, dim_f/subbands, frames)."""
         batch, channels, samples = wave.shape
-        with _autocast_off(wave.device):
+        with autocast_off(wave.device):
             spec = torch.stft(
                 wave.float().reshape(batch * channels, samples),
                 n_fft=self.n_fft,
@@ -257,7 +250,7 @@ class MDX23C(nn.Module):
         batch, _, _, frames = feats.shape
         num_stems = len(self.stems)
         feats = feats.float().reshape(batch * num_stems * self.audio_channels, 2, self.dim_f, frames)
-        with _autocast_off(feats.device):
+        with autocast_off(feats.device):
             spec = torch.complex(feats[:, 0], feats[:, 1])
             # Bins above dim_f (the Nyquist bin for the published configs) come back as zeros.
             spec = nn.functional.pad(spec, (0, 0, 0, self.n_fft // 2 + 1 - self.dim_f))

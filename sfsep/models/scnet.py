@@ -34,7 +34,6 @@ Architecture (paper: arXiv 2401.13276), as the reference computes it:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, Sequence
 
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .precision import autocast_off, run_rnn
 
 # Constructor defaults of the reference SCNet (they are also the SCNet-small values).
 MODEL_DEFAULTS: dict[str, Any] = {
@@ -62,13 +62,6 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "num_dplayer": 6,
     "expand": 1,
 }
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """A context that disables autocast on `device` (FFTs stay in float32 under AMP)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,11 +197,11 @@ class DualPathRNN(nn.Module):
         batch, channels, height, frames = feats.shape
         # Frequency path: sequences along the frequency axis, one per (item, frame).
         seq = self.norm_layers[0](feats).permute(0, 3, 2, 1).reshape(batch * frames, height, channels)
-        seq = self.linear_layers[0](self.lstm_layers[0](seq)[0])
+        seq = self.linear_layers[0](run_rnn(self.lstm_layers[0], seq))
         feats = feats + seq.view(batch, frames, height, channels).permute(0, 3, 2, 1)
         # Time path: sequences along time, one per (item, frequency row).
         seq = self.norm_layers[1](feats).permute(0, 2, 3, 1).reshape(batch * height, frames, channels)
-        seq = self.linear_layers[1](self.lstm_layers[1](seq)[0])
+        seq = self.linear_layers[1](run_rnn(self.lstm_layers[1], seq))
         return feats + seq.view(batch, height, frames, channels).permute(0, 3, 1, 2)
 
 
@@ -227,7 +220,7 @@ class SeparationNet(nn.Module):
         frames = feats.shape[-1]
         for index, layer in enumerate(self.dp_modules):
             feats = layer(feats)
-            with _autocast_off(feats.device):
+            with autocast_off(feats.device):
                 if index % 2 == 0:
                     # To the frequency-of-time domain: [real parts ; imaginary parts].
                     spectrum = torch.fft.rfft(feats.float(), dim=3, norm="ortho")
@@ -376,7 +369,7 @@ class SCNet(nn.Module):
         padded = samples + self._padding(samples)
         stft_kwargs = self._stft_kwargs(mix.device)
 
-        with _autocast_off(mix.device):
+        with autocast_off(mix.device):
             wave = F.pad(mix.float(), (0, padded - samples)).reshape(batch * channels, padded)
             spec = torch.view_as_real(torch.stft(wave, return_complex=True, **stft_kwargs))
         # (batch*channels, freq, frames, re/im) -> (batch, channels*re/im, freq, frames)
@@ -395,7 +388,7 @@ class SCNet(nn.Module):
 
         # Channels are laid out [source][channel][re/im].
         num_sources = len(self.sources)
-        with _autocast_off(mix.device):
+        with autocast_off(mix.device):
             feats = feats.float().reshape(batch * num_sources * channels, 2, height, frames)
             spec = torch.complex(feats[:, 0], feats[:, 1])
             wave = torch.istft(spec, length=padded, **stft_kwargs)
