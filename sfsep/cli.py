@@ -419,14 +419,14 @@ def _model_row(spec) -> dict:
     from . import hub
     from .models import is_available
 
-    residual = spec.extra.get("residual_stem")
+    residual = spec.residual_stem
     cached, count = hub.cache_status(spec)
     known_sizes = [source.size for source in spec.weights]
     size = sum(known_sizes) if spec.weights and all(v is not None for v in known_sizes) else None
     estimate = None
-    if size is None and spec.extra.get("params"):
-        bytes_per_param = 2 if spec.extra.get("half_precision") else 4
-        estimate = int(spec.extra["params"]) * bytes_per_param * max(1, len(spec.weights))
+    if size is None and spec.params:
+        bytes_per_param = 2 if spec.half_precision else 4
+        estimate = spec.params * bytes_per_param * max(1, len(spec.weights))
     return {
         "name": spec.name, "family": spec.family, "stems": list(spec.stems) + ([residual] if residual else []),
         "residual_stem": residual, "trained_rate": spec.trained_rate, "available": is_available(spec.family),
@@ -434,7 +434,8 @@ def _model_row(spec) -> dict:
         "size_bytes": size, "size_estimate_bytes": estimate,
         "sources": [{"source": hub.source_label(w), "host": hub.source_host(w), "file": w.cache_name,
                      "sha256": w.sha256, "size": w.size, "cache_path": hub.where_expected(w)} for w in spec.weights],
-        "chunk_size": spec.chunk_size, "overlap": spec.overlap, "chunk_style": spec.chunk_style,
+        "chunk_size": spec.chunk_size, "overlap": spec.overlap, "num_overlap": spec.num_overlap,
+        "chunk_style": spec.chunk_style,
         "batch_size": spec.batch_size, "normalize": spec.normalize,
         "description": spec.description, "aliases": list(spec.aliases), "license": spec.license,
         "citation": spec.citation,

@@ -100,12 +100,13 @@ class Separator:
             return self._run_bsrnn(modules, mix, settings, batch_size, progress)
         chunk_size = spec.chunk_size
         style = spec.chunk_style
-        overlap = spec.overlap if settings.overlap is None else settings.overlap
+        spec_overlap = spec.num_overlap if style in ("msst", "msst_demucs") else spec.overlap
+        overlap = spec_overlap if settings.overlap is None else settings.overlap
         if settings.chunk_seconds is not None:
             chunk_size = max(1, round(settings.chunk_seconds * model_rate))
         if style in ("msst", "msst_demucs") and settings.overlap is not None:
             style = "fade"  # a fractional --overlap means sfsep's own cross-fade
-        padded_length = spec.extra.get("padded_length") if style == "demucs" else None
+        padded_length = spec.padded_length if style == "demucs" else None
         if padded_length is not None and chunk_size is not None and chunk_size > padded_length:
             raise UsageError(f"--chunk-seconds: model '{spec.name}' takes at most "
                              f"{padded_length / model_rate:.2f} s per chunk")
@@ -209,7 +210,7 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
             raise ModelError(f"model '{spec.name}': the checkpoints' sources {list(stems)} differ from "
                              f"models.toml's stems {list(spec.stems)}")
         spec = replace(spec, stems=stems)
-    bag_weights = spec.extra.get("bag_weights")
+    bag_weights = spec.bag_weights
     if len(modules) > 1 and bag_weights and weights is None:
         if len(bag_weights) != len(modules) or any(len(row) != len(spec.stems) for row in bag_weights):
             raise ModelError(f"models.toml: model '{spec.name}': bag_weights must be {len(modules)} rows of "
@@ -276,7 +277,7 @@ def separate(
 
     names = list(spec.stems)
     notes: list[str] = []
-    residual = spec.extra.get("residual_stem")
+    residual = spec.residual_stem
     if residual:
         stems = torch.cat([stems, (at_model_rate - stems.sum(0))[None]])
         names.append(residual)
@@ -341,7 +342,7 @@ class FileResult:
 
 def stem_paths(path: Path, separator: Separator, output: OutputOptions) -> dict[str, Path]:
     spec = separator.spec
-    names = list(spec.stems) + ([spec.extra["residual_stem"]] if spec.extra.get("residual_stem") else [])
+    names = list(spec.stems) + ([spec.residual_stem] if spec.residual_stem else [])
     return {
         name: audio_io.output_path(output.filename, out=Path(output.out), model=spec.name, track=path.stem,
                                    trackext=path.suffix.lstrip("."), stem=name, ext=output.format)

@@ -57,13 +57,16 @@ class WeightsSource:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One model: what models.toml (or a user's MSST config) says about it, in typed fields."""
+
     name: str
     family: str
     stems: tuple[str, ...]
     config: dict[str, Any] = field(default_factory=dict)
     trained_rate: int | None = None  # None: the model runs at whatever rate the input has
     chunk_size: int | None = None
-    overlap: float = 0.25
+    overlap: float | None = 0.25  # a fraction of a chunk, for chunk styles "demucs" and "fade" only
+    num_overlap: int | None = None  # MSST's count of chunks covering each sample ("msst", "msst_demucs")
     chunk_style: str = "fade"
     batch_size: int = 1
     normalize: str | None = None  # None, or how: "msst" (population std), "demucs" (std + 1e-8), "demucs_v2" (std)
@@ -72,7 +75,12 @@ class ModelSpec:
     citation: str = ""
     aliases: tuple[str, ...] = ()
     weights: tuple[WeightsSource, ...] = ()  # one per checkpoint (a bag has several)
-    extra: dict[str, Any] = field(default_factory=dict)  # family-specific settings
+    residual_stem: str | None = None  # a stem computed as the mixture minus the model's stems
+    bag_weights: tuple[tuple[float, ...], ...] | None = None  # per checkpoint, per stem (demucs' bags)
+    padded_length: int | None = None  # style "demucs": the model's valid length (samples per chunk window)
+    params: int | None = None  # parameter count of the published config (for size estimates)
+    half_precision: bool = False  # the checkpoint stores float16 tensors (for size estimates)
+    config_source: str = ""  # where the architecture config was taken from
 
     @property
     def any_rate(self) -> bool:
@@ -86,11 +94,8 @@ class ModelSpec:
         return copy.deepcopy(self.config)
 
 
-_SPEC_KEYS = {
-    "family", "stems", "config", "trained_rate", "chunk_size", "overlap", "chunk_style", "batch_size",
-    "normalize", "description", "license", "citation", "aliases", "weights",
-}
-
+_SPEC_KEYS = frozenset(ModelSpec.__dataclass_fields__) - {"name"}
+"""The keys a [models.NAME] table may hold: ModelSpec's fields, bar the name (the table's own)."""
 
 _WEIGHTS_KEYS = set(WeightsSource.__dataclass_fields__)
 
@@ -117,6 +122,13 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
 NORMALIZATIONS = ("msst", "demucs", "demucs_v2")
 CHUNK_STYLES = ("msst", "msst_demucs", "demucs", "fade", "bsrnn")
 """sfsep.inference's styles, plus "bsrnn": BSRNN's own reference separator."""
+COUNT_STYLES = ("msst", "msst_demucs")
+"""Styles whose overlap is MSST's `num_overlap`: how many chunks cover each sample."""
+FRACTION_STYLES = ("demucs", "fade")
+"""Styles whose overlap is `overlap`: the fraction of a chunk shared with its neighbour."""
+DEFAULT_OVERLAP = 0.25
+DEFAULT_NUM_OVERLAP = 2
+"""What a spec without the key gets (demucs' and sfsep's fraction; MSST's usual count)."""
 
 
 def _chunk_style(name: str, value: str) -> str:
@@ -137,14 +149,84 @@ def _normalize_kind(name: str, value: Any) -> str | None:
     raise ModelError(f"models.toml: model '{name}': normalize must be false or one of {', '.join(NORMALIZATIONS)}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _overlaps(name: str, style: str, table: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(overlap, num_overlap) of a table: each key belongs to its own chunk styles, with one
+    meaning (a fraction of a chunk; MSST's integer count), so the other is None."""
+    where = f"models.toml: model '{name}'"
+    overlap, num_overlap = table.get("overlap"), table.get("num_overlap")
+    if style in COUNT_STYLES:
+        if overlap is not None:
+            if _is_number(overlap) and overlap >= 1:
+                raise ModelError(f"{where}: overlap = {overlap} is a count of chunks; chunk_style '{style}' "
+                                 f"takes it as num_overlap = {overlap} (overlap is a fraction of a chunk, "
+                                 f"for styles {' and '.join(FRACTION_STYLES)})")
+            raise ModelError(f"{where}: overlap (a fraction of a chunk) does not apply to chunk_style "
+                             f"'{style}'; give num_overlap, the integer count of chunks over each sample")
+        if num_overlap is None:
+            return None, DEFAULT_NUM_OVERLAP
+        if not isinstance(num_overlap, int) or isinstance(num_overlap, bool) or num_overlap < 1:
+            raise ModelError(f"{where}: num_overlap must be an integer count >= 1, not {num_overlap!r} "
+                             f"(a fraction of a chunk is `overlap`, for styles {' and '.join(FRACTION_STYLES)})")
+        return None, num_overlap
+    if num_overlap is not None:
+        raise ModelError(f"{where}: num_overlap is MSST's count, for chunk_style {' or '.join(COUNT_STYLES)}; "
+                         f"chunk_style '{style}' "
+                         + ("takes overlap, a fraction of a chunk in [0, 1)" if style in FRACTION_STYLES
+                            else "has its own fixed chunking"))
+    if style not in FRACTION_STYLES:
+        if overlap is not None:
+            raise ModelError(f"{where}: chunk_style '{style}' has its own fixed chunking; drop overlap")
+        return None, None
+    if overlap is None:
+        return DEFAULT_OVERLAP, None
+    if not _is_number(overlap) or not 0 <= overlap < 1:
+        raise ModelError(f"{where}: overlap must be a fraction of a chunk in [0, 1), not {overlap!r}")
+    return float(overlap), None
+
+
+def _optional(name: str, table: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    """table[key] if it is a `kind` (bool is no int here), None when absent."""
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ModelError(f"models.toml: model '{name}': {key} must be {what}, not {value!r}")
+    return value
+
+
+def _bag_weights(name: str, value: Any) -> tuple[tuple[float, ...], ...] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(row, list) and row and all(_is_number(item) for item in row) for row in value)):
+        raise ModelError(f"models.toml: model '{name}': bag_weights must be one list of numbers per "
+                         f"checkpoint (one number per stem), not {value!r}")
+    return tuple(tuple(float(item) for item in row) for row in value)
+
+
 def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
-    """Build a ModelSpec from one [models.NAME] table (unknown keys go to `extra`)."""
+    """Build a ModelSpec from one [models.NAME] table; a key ModelSpec has no field for is an error."""
+    unknown = sorted(set(table) - _SPEC_KEYS)
+    if unknown:
+        raise ModelError(f"models.toml: model '{name}': unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)} (known: {', '.join(sorted(_SPEC_KEYS))})")
     try:
         family = table["family"]
         stems = tuple(table["stems"])
     except KeyError as exc:
         raise ModelError(f"models.toml: model '{name}' lacks the key {exc}") from exc
-    extra = {key: value for key, value in table.items() if key not in _SPEC_KEYS}
+    style = _chunk_style(name, table.get("chunk_style", "fade"))
+    overlap, num_overlap = _overlaps(name, style, table)
+    bag_weights = _bag_weights(name, table.get("bag_weights"))
+    weights = _weights_list(table.get("weights"), name)
+    if bag_weights is not None and (len(bag_weights) != len(weights)
+                                    or any(len(row) != len(stems) for row in bag_weights)):
+        raise ModelError(f"models.toml: model '{name}': bag_weights must be {len(weights)} rows (one per "
+                         f"weights entry) of {len(stems)} numbers (one per stem)")
     return ModelSpec(
         name=name,
         family=family,
@@ -152,16 +234,22 @@ def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
         config=dict(table.get("config", {})),
         trained_rate=table.get("trained_rate"),
         chunk_size=table.get("chunk_size"),
-        overlap=table.get("overlap", 0.25),
-        chunk_style=_chunk_style(name, table.get("chunk_style", "fade")),
+        overlap=overlap,
+        num_overlap=num_overlap,
+        chunk_style=style,
         batch_size=table.get("batch_size", 1),
         normalize=_normalize_kind(name, table.get("normalize", False)),
         description=table.get("description", ""),
         license=table.get("license", ""),
         citation=table.get("citation", ""),
         aliases=tuple(table.get("aliases", ())),
-        weights=_weights_list(table.get("weights"), name),
-        extra=extra,
+        weights=weights,
+        residual_stem=_optional(name, table, "residual_stem", str, "a stem name"),
+        bag_weights=bag_weights,
+        padded_length=_optional(name, table, "padded_length", int, "a number of samples"),
+        params=_optional(name, table, "params", int, "an integer parameter count"),
+        half_precision=bool(_optional(name, table, "half_precision", bool, "true or false")),
+        config_source=_optional(name, table, "config_source", str, "a string") or "",
     )
 
 
@@ -265,19 +353,19 @@ def spec_from_config(config: dict[str, Any], *, name: str, base: ModelSpec | Non
         if base is None:
             raise UsageError(f"{source}: a {family} config carries no stems or rate; add --model NAME of a "
                              f"{family} model so that sfsep knows them")
-        return replace(base, config=dict(config), description=common["description"])
+        return replace(base, config=dict(config), description=common["description"], config_source=source)
 
     training = config.get("training") or {}
     audio = config.get("audio") or {}
     inference = config.get("inference") or {}
     instruments = [str(item) for item in training.get("instruments") or []]
     target = training.get("target_instrument")
-    extra: dict[str, Any] = {}
+    residual_stem: str | None = None
     if target:
         stems: tuple[str, ...] = (str(target),)
         others = [item for item in instruments if item != target]
         if len(others) == 1:
-            extra["residual_stem"] = others[0]
+            residual_stem = others[0]
     elif instruments:
         stems = tuple(instruments)
     elif base is not None:
@@ -293,18 +381,25 @@ def spec_from_config(config: dict[str, Any], *, name: str, base: ModelSpec | Non
         chunk_size = inference.get("chunk_size") or audio.get("chunk_size")
         chunk_size = int(chunk_size) if chunk_size else (base.chunk_size if base is not None else None)
         style = "msst"
-    overlap = inference.get("num_overlap")
-    if overlap is None:
-        overlap = base.overlap if base is not None and base.chunk_style == style else 2
+    num_overlap = inference.get("num_overlap")
+    if num_overlap is None and base is not None and base.chunk_style == style:
+        num_overlap = base.num_overlap
+    if num_overlap is None:
+        num_overlap = DEFAULT_NUM_OVERLAP
+    if not (_is_number(num_overlap) and int(num_overlap) == num_overlap and num_overlap >= 1):
+        raise UsageError(f"{source}: inference.num_overlap must be an integer count >= 1, not {num_overlap!r}")
+    num_overlap = int(num_overlap)
     return ModelSpec(
         **common,
         stems=stems,
         config=dict(config),
         trained_rate=rate,
         chunk_size=chunk_size,
-        overlap=int(overlap),
+        overlap=None,
+        num_overlap=num_overlap,
         chunk_style=style,
         batch_size=int(inference.get("batch_size") or 1),
         normalize="msst" if inference.get("normalize", False) else None,
-        extra=extra,
+        residual_stem=residual_stem,
+        config_source=source,
     )

@@ -377,10 +377,10 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
         model_length = int(spec.chunk_size)
     else:
         model_length = 4 * trained_rate
-    padded_length = spec.extra.get("padded_length")
+    padded_length = spec.padded_length
     if padded_length and model_length > padded_length:
         raise UsageError(f"--segment-seconds: model '{spec.name}' takes at most {padded_length / trained_rate:.2f} s")
-    residual = spec.extra.get("residual_stem")
+    residual = spec.residual_stem
     names = list(spec.stems) + ([residual] if residual else [])
     wanted = [name for name in names if name in SOURCES]
     if not wanted:

@@ -250,7 +250,7 @@ def test_load_separator_with_weights_and_msst_config(tmp_path):
     torch.save({"state_dict": data["state_dict"], "epoch": 7}, tmp_path / "my.ckpt")
     separator = load_separator("scnet", device="cpu", weights=tmp_path / "my.ckpt", config=tmp_path / "my.yaml")
     spec = separator.spec
-    assert spec.stems == ("drums", "vocals") and spec.chunk_size == 8192 and spec.overlap == 4
+    assert spec.stems == ("drums", "vocals") and spec.chunk_size == 8192 and spec.num_overlap == 4
     assert spec.chunk_style == "msst" and spec.normalize == "msst" and spec.batch_size == 2
     (module,) = separator.modules(44100)
     with torch.no_grad():

@@ -69,9 +69,8 @@ def musdb_root(tmp_path) -> Path:
 def _pinned_separator(stems=("vocals", "drums", "bass", "other"), residual=None, module=None) -> Separator:
     """The classical separator pinned to 44.1 kHz: a stand-in for a neural model, so that the
     resamplers really change what the model sees."""
-    extra = {"residual_stem": residual} if residual else {}
     spec = ModelSpec(name="pinned", family="classic", stems=tuple(stems), trained_rate=RATE, chunk_size=RATE,
-                     overlap=0.25, chunk_style="fade", extra=extra)
+                     overlap=0.25, chunk_style="fade", residual_stem=residual)
     module = module or build_model("classic", {"sample_rate": RATE})
     return Separator(spec, device="cpu", modules=[module])
 

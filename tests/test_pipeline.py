@@ -11,10 +11,9 @@ from sfsep.registry import ModelSpec
 
 def _fixed_rate_separator(trained_rate=44100, residual=None):
     """The classical separator pinned to one trained rate, standing in for a neural model."""
-    extra = {"residual_stem": residual} if residual else {}
     spec = ModelSpec(name="pinned", family="classic", stems=("vocals", "drums", "bass", "other"),
                      trained_rate=trained_rate, chunk_size=trained_rate, overlap=0.25, chunk_style="fade",
-                     extra=extra)
+                     residual_stem=residual)
     module = build_model("classic", {"sample_rate": trained_rate})
     return Separator(spec, device="cpu", modules=[module])
 
@@ -66,3 +65,14 @@ def test_mono_in_mono_out_and_residual_stem():
 def test_any_rate_model_runs_at_input_rate():
     result = separate(_mix(11025, 0.5), 11025, "classic")
     assert result.model_rate == 11025 and result.strategy == "none"
+
+
+def test_msst_chunking_runs_with_the_spec_num_overlap():
+    """An MSST-style spec chunks with its integer num_overlap (its `overlap` fraction is None)."""
+    rate = 8000
+    spec = ModelSpec(name="pinned_msst", family="classic", stems=("vocals", "drums", "bass", "other"),
+                     trained_rate=rate, chunk_size=rate // 2, overlap=None, num_overlap=2, chunk_style="msst")
+    separator = Separator(spec, device="cpu", modules=[build_model("classic", {"sample_rate": rate})])
+    mix = _mix(rate, seconds=1.5)
+    stems = separator.run(mix, rate, Settings(seed=0))
+    assert stems.shape == (4, *mix.shape)

@@ -75,7 +75,8 @@ def test_stems_rate_chunking_and_sources(name):
     assert spec.weights, "a published model needs a weights source"
     config = load_manifest(MANIFESTS[name]).get("config", {})
     if spec.chunk_style in ("msst", "msst_demucs"):
-        assert isinstance(spec.overlap, int) and spec.overlap == config["inference"]["num_overlap"]
+        assert isinstance(spec.num_overlap, int) and spec.num_overlap == config["inference"]["num_overlap"]
+        assert spec.overlap is None
         assert spec.batch_size == config["inference"]["batch_size"]
         training = config["training"]
         target = training.get("target_instrument")
@@ -86,7 +87,7 @@ def test_stems_rate_chunking_and_sources(name):
         else:
             assert spec.chunk_size == training["samplerate"] * training["segment"]
     if spec.chunk_style == "demucs":
-        assert spec.overlap == 0.25
+        assert spec.overlap == 0.25 and spec.num_overlap is None
         assert spec.normalize == ("demucs" if spec.family == "htdemucs" else "demucs_v2")
     if spec.family == "htdemucs" and spec.chunk_style == "demucs":
         assert spec.chunk_size == 343980  # the 7.8 s (39/5) segment of demucs' v4 models
@@ -94,7 +95,7 @@ def test_stems_rate_chunking_and_sources(name):
     if spec.family in ("htdemucs", "conv_tasnet") and "sources" in spec.config:
         assert list(spec.config["sources"]) == list(spec.stems)
     if len(spec.stems) == 1:
-        assert spec.extra.get("residual_stem") == "other"
+        assert spec.residual_stem == "other"
     for source in spec.weights:
         url = source.url or ""
         if "dl.fbaipublicfiles.com" in url:
@@ -118,7 +119,7 @@ def test_sources_match_the_research_notes():
 def test_htdemucs_ft_is_a_bag_with_per_source_weights():
     spec = reg.get_spec("htdemucs_ft")
     assert len(spec.weights) == 4
-    assert spec.extra["bag_weights"] == [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
+    assert spec.bag_weights == tuple(tuple(1.0 if i == j else 0.0 for j in range(4)) for i in range(4))
     assert [w.cache_name.split("-")[0] for w in spec.weights] == ["f7e0c4bc", "d12395a8", "92cfc3b6", "04573f0d"]
     assert reg.get_spec("htdemucs_6s").stems == ("drums", "bass", "other", "vocals", "guitar", "piano")
 
@@ -139,19 +140,141 @@ def test_registry_override_and_bad_entries(tmp_path, monkeypatch):
         reg.registry()
 
 
+def _write_models(tmp_path, body: str):
+    path = tmp_path / "models.toml"
+    path.write_text(body)
+    return path
+
+
+def test_family_settings_are_typed_fields(tmp_path):
+    path = _write_models(tmp_path, """
+[models.bag]
+family = "htdemucs"
+stems = ["drums", "vocals"]
+chunk_style = "demucs"
+padded_length = 1000
+params = 12345
+half_precision = true
+config_source = "made up for this test"
+bag_weights = [[1, 0], [0.5, 1.0]]
+[[models.bag.weights]]
+url = "http://127.0.0.1/a.th"
+[[models.bag.weights]]
+url = "http://127.0.0.1/b.th"
+
+[models.voice]
+family = "bs_roformer"
+stems = ["vocals"]
+chunk_style = "msst"
+num_overlap = 4
+residual_stem = "other"
+
+[models.voice_default]
+family = "bs_roformer"
+stems = ["vocals"]
+chunk_style = "msst_demucs"
+
+[models.plain]
+family = "classic"
+stems = ["a"]
+overlap = 0
+
+[models.rnn]
+family = "bsrnn"
+stems = ["vocals"]
+chunk_style = "bsrnn"
+""")
+    models = reg.load_registry(path)
+    bag = models["bag"]
+    assert (bag.padded_length, bag.params, bag.half_precision) == (1000, 12345, True)
+    assert bag.config_source == "made up for this test"
+    assert bag.bag_weights == ((1.0, 0.0), (0.5, 1.0))
+    assert all(isinstance(value, float) for row in bag.bag_weights for value in row)
+    assert (bag.overlap, bag.num_overlap, bag.residual_stem) == (0.25, None, None)
+    assert not hasattr(bag, "extra")
+    voice = models["voice"]
+    assert (voice.overlap, voice.num_overlap, voice.residual_stem) == (None, 4, "other")
+    assert (voice.padded_length, voice.params, voice.half_precision, voice.config_source) == (None, None, False, "")
+    assert (voice.bag_weights, models["voice_default"].num_overlap) == (None, reg.DEFAULT_NUM_OVERLAP)
+    assert models["voice_default"].overlap is None
+    assert (models["plain"].overlap, models["plain"].num_overlap) == (0.0, None)
+    assert (models["rnn"].overlap, models["rnn"].num_overlap) == (None, None)
+    htdemucs = reg.get_spec("htdemucs")
+    assert (htdemucs.padded_length, htdemucs.params, htdemucs.half_precision) == (343980, 41984456, True)
+    assert htdemucs.config_source.startswith("reconstructed from demucs")
+
+
+@pytest.mark.parametrize("lines,match", [
+    # MSST's count in the fraction's key, and the other way round
+    ('chunk_style = "msst"\noverlap = 2', r"overlap = 2 is a count.*num_overlap = 2"),
+    ('chunk_style = "msst_demucs"\noverlap = 4', r"num_overlap = 4"),
+    ('chunk_style = "msst"\noverlap = 0.25', r"does not apply to chunk_style 'msst'"),
+    ('chunk_style = "msst"\nnum_overlap = 0.5', r"num_overlap must be an integer count >= 1, not 0\.5"),
+    ('chunk_style = "msst"\nnum_overlap = 2.0', r"num_overlap must be an integer count"),
+    ('chunk_style = "msst"\nnum_overlap = 0', r"num_overlap must be an integer count"),
+    ('chunk_style = "demucs"\nnum_overlap = 2', r"num_overlap is MSST's count.*takes overlap, a fraction"),
+    ('num_overlap = 2', r"chunk_style 'fade' takes overlap"),
+    ('chunk_style = "fade"\noverlap = 2', r"overlap must be a fraction of a chunk in \[0, 1\), not 2"),
+    ('chunk_style = "bsrnn"\noverlap = 0.25', r"own fixed chunking"),
+    # keys ModelSpec has no field for
+    ('overlapp = 0.5', r"unknown key overlapp \(known: .*num_overlap.*residual_stem"),
+    ('extra = {residual_stem = "other"}', r"unknown key extra"),
+    ('foo = 1\nbar = 2', r"unknown keys bar, foo"),
+    # typed fields
+    ('residual_stem = 1', r"residual_stem must be a stem name"),
+    ('half_precision = "yes"', r"half_precision must be true or false"),
+    ('padded_length = 1.5', r"padded_length must be a number of samples"),
+    ('params = true', r"params must be an integer"),
+    ('bag_weights = [1.0]', r"bag_weights must be one list of numbers per checkpoint"),
+    ('bag_weights = [[1.0, 0.0]]', r"bag_weights must be 0 rows .* of 1 numbers"),
+])
+def test_bad_tables_name_the_model_and_the_key(tmp_path, lines, match):
+    path = _write_models(tmp_path, f'[models.mine]\nfamily = "bs_roformer"\nstems = ["vocals"]\n{lines}\n')
+    with pytest.raises(ModelError, match=r"model 'mine'.*" + match):
+        reg.load_registry(path)
+
+
+def test_spec_from_table_checks_what_it_is_given():
+    table = {"family": "scnet", "stems": ["vocals"], "chunk_style": "msst", "num_overlap": 3}
+    spec = reg.spec_from_table("direct", table)
+    assert (spec.num_overlap, spec.overlap) == (3, None)
+    with pytest.raises(ModelError, match=r"'direct'.*overlap = 4 is a count"):
+        reg.spec_from_table("direct", {"family": "scnet", "stems": ["vocals"], "chunk_style": "msst",
+                                       "overlap": 4})
+    with pytest.raises(ModelError, match=r"'direct'.*unknown key padded"):
+        reg.spec_from_table("direct", dict(table, padded=3))
+
+
+def test_msst_config_num_overlap_is_a_count():
+    config = {"model": {"freqs_per_bands": [1]}, "audio": {"chunk_size": 1000, "sample_rate": 44100},
+              "training": {"instruments": ["vocals", "other"], "target_instrument": "vocals"},
+              "inference": {"num_overlap": 3, "batch_size": 2}}
+    spec = reg.spec_from_config(config, name="mine", source="my.yaml")
+    assert (spec.overlap, spec.num_overlap, spec.chunk_style) == (None, 3, "msst")
+    assert (spec.residual_stem, spec.config_source) == ("other", "my.yaml")
+    del config["inference"]["num_overlap"]
+    assert reg.spec_from_config(config, name="mine").num_overlap == reg.DEFAULT_NUM_OVERLAP
+    base = reg.get_spec("scnet")  # num_overlap 4; a config without one keeps the model's
+    scnet = reg.spec_from_config({"model": {"band_SR": [1.0]}, "training": {"instruments": ["vocals"]}},
+                                 name="x", base=base)
+    assert scnet.num_overlap == base.num_overlap == 4
+    with pytest.raises(UsageError, match=r"my.yaml: inference.num_overlap must be an integer count"):
+        reg.spec_from_config(dict(config, inference={"num_overlap": 0.5}), name="mine", source="my.yaml")
+
+
 def test_msst_configs_become_specs():
     viperx = load_manifest("bs_roformer_viperx_ep317")["config"]
     assert reg.guess_family(viperx) == "bs_roformer"
     spec = reg.spec_from_config(viperx, name="mine")
     assert spec.family == "bs_roformer" and spec.stems == ("vocals",)
-    assert spec.extra["residual_stem"] == "other"
-    assert (spec.chunk_size, spec.overlap, spec.chunk_style, spec.batch_size) == (352800, 2, "msst", 4)
+    assert spec.residual_stem == "other" and spec.overlap is None
+    assert (spec.chunk_size, spec.num_overlap, spec.chunk_style, spec.batch_size) == (352800, 2, "msst", 4)
     assert reg.guess_family(load_manifest("mel_band_roformer")["config"]) == "mel_band_roformer"
     assert reg.guess_family(load_manifest("scnet")["config"]) == "scnet"
     assert reg.guess_family(load_manifest("mdx23c")["config"]) == "mdx23c"
     assert reg.guess_family(load_manifest("bsrnn")["config"]) == "bsrnn"
     ht = reg.spec_from_config(load_manifest("htdemucs")["config"], name="ht")
-    assert (ht.family, ht.chunk_style, ht.chunk_size, ht.overlap) == ("htdemucs", "msst_demucs", 485100, 4)
+    assert (ht.family, ht.chunk_style, ht.chunk_size, ht.num_overlap) == ("htdemucs", "msst_demucs", 485100, 4)
     base = reg.get_spec("scnet")
     scnet = reg.spec_from_config(load_manifest("scnet_large")["config"], name="x", base=base)
     assert scnet.name == "scnet" and scnet.weights == base.weights and scnet.normalize is None

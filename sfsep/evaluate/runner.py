@@ -374,7 +374,7 @@ def evaluate(
     metrics = tuple(parse_metrics(list(metrics)))
     if not metrics:
         raise UsageError("--metrics: name at least one of " + ", ".join(METRICS))
-    targets = musdb_targets(spec.stems, spec.extra.get("residual_stem"), spec.name)
+    targets = musdb_targets(spec.stems, spec.residual_stem, spec.name)
     fingerprint = run_settings(model_id or spec.name, spec.name, settings, seed, targets)
     run = EvalRun(folder, model_id or spec.name, tracks[0].subset if tracks else "", tuple(rates),
                   tuple(resamplers), metrics, targets, fingerprint)

@@ -153,8 +153,9 @@ class Encoder(nn.Module):
         return F.relu(self.conv1d_U(mix))
 
 
-class Separator(nn.Module):
-    """Temporal convolutional network that estimates a mask per source over the weights."""
+class MaskNetwork(nn.Module):
+    """Temporal convolutional network that estimates a mask per source over the weights (the
+    paper's "separation module"; a ConvTasNet holds it as `separator`, the published key prefix)."""
 
     def __init__(self, num_sources: int, N: int, B: int, H: int, P: int, X: int, R: int,
                  norm_type: str, causal: bool, mask_nonlinear: str) -> None:
@@ -224,9 +225,9 @@ class ConvTasNet(nn.Module):
         self.segment_length = int(kw["segment_length"])
         self.filter_length = int(kw["L"])
         self.encoder = Encoder(kw["L"], kw["N"], self.audio_channels)
-        self.separator = Separator(len(self.sources), kw["N"], kw["B"], kw["H"], kw["P"],
-                                   kw["X"], kw["R"], kw["norm_type"], bool(kw["causal"]),
-                                   kw["mask_nonlinear"])
+        self.separator = MaskNetwork(len(self.sources), kw["N"], kw["B"], kw["H"], kw["P"],
+                                     kw["X"], kw["R"], kw["norm_type"], bool(kw["causal"]),
+                                     kw["mask_nonlinear"])
         self.decoder = Decoder(kw["N"], kw["L"], self.audio_channels)
 
     def valid_length(self, length: int) -> int:
