@@ -148,8 +148,55 @@ def fold_to_stereo(audio: torch.Tensor) -> torch.Tensor:
     return torch.stack([audio[0::2].mean(0), audio[1::2].mean(0)])
 
 
+BLOCK_FRAMES = 1 << 18
+"""Frames per block when a file is streamed (262144: 6 s at 44.1 kHz, 2 MB of stereo float32)."""
+
+
+def read_blocks(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 2,
+                block_frames: int = BLOCK_FRAMES, info: AudioInfo | None = None):
+    """Decode a file block by block: yields float32 (channels, n) tensors, folded to stereo as
+    `read` does. A block with NaN or Inf samples raises AudioError naming the file (a consumer
+    that stages output must then discard it, as the streaming pipeline does). Iterate it again
+    for a second pass: each call opens the file afresh."""
+    info = info or check_input(path, downmix=downmix, max_channels=max_channels)
+    path = info.path
+    seen = 0
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            while True:
+                data = handle.read(block_frames, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                if not np.isfinite(data).all():
+                    bad = int((~np.isfinite(data)).sum())
+                    raise AudioError(f"{path}: contains NaN or infinite samples ({bad} in the block at "
+                                     f"{seen / info.rate:.1f} s); the file is damaged")
+                seen += data.shape[0]
+                audio = torch.from_numpy(np.ascontiguousarray(data.T))
+                yield fold_to_stereo(audio) if audio.shape[0] > max_channels else audio
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: could not be decoded ({_short(exc)})") from exc
+    if seen == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+
+
 # --------------------------------------------------------------------------------------------
 # Effective bandwidth
+
+
+BANDWIDTH_FRAMES = 400
+"""Most analysis frames `effective_bandwidth` looks at, spread evenly over the signal."""
+
+
+def _bandwidth_layout(samples: int, rate: int) -> tuple[int, list[int]]:
+    """FFT size and the start of every analysis frame for a signal of `samples` samples."""
+    n_fft = 1 << max(6, round(math.log2(rate * 0.093)))
+    count = max(1, (max(samples, n_fft) - n_fft) // (n_fft // 2) + 1)
+    if count > BANDWIDTH_FRAMES:
+        picked = torch.linspace(0, count - 1, BANDWIDTH_FRAMES).long().tolist()
+    else:
+        picked = list(range(count))
+    return n_fft, [index * (n_fft // 2) for index in picked]
 
 
 def effective_bandwidth(audio: torch.Tensor, rate: int, *, threshold_db: float = 60.0) -> float:
@@ -162,12 +209,33 @@ def effective_bandwidth(audio: torch.Tensor, rate: int, *, threshold_db: float =
     counted while it is within the threshold); a silent file reports 0.
     """
     mono = audio.double().mean(0) if audio.dim() == 2 else audio.double()
-    n_fft = 1 << max(6, round(math.log2(rate * 0.093)))
+    n_fft, starts = _bandwidth_layout(mono.numel(), rate)
     if mono.numel() < n_fft:
         mono = torch.nn.functional.pad(mono, (0, n_fft - mono.numel()))
-    frames = mono.unfold(0, n_fft, n_fft // 2)
-    if frames.shape[0] > 400:
-        frames = frames[torch.linspace(0, frames.shape[0] - 1, 400).long()]
+    frames = torch.stack([mono[start : start + n_fft] for start in starts])
+    return _bandwidth_of_frames(frames, rate, threshold_db)
+
+
+def file_bandwidth(info: AudioInfo, *, threshold_db: float = 60.0) -> float:
+    """`effective_bandwidth` of a whole file, reading only its analysis frames (by seeking), so
+    that a long file costs a few hundred short reads, not a decode of the whole file."""
+    n_fft, starts = _bandwidth_layout(info.frames, info.rate)
+    frames = []
+    try:
+        with sf.SoundFile(str(info.path)) as handle:
+            for start in starts:
+                handle.seek(start)
+                data = handle.read(n_fft, dtype="float64", always_2d=True)
+                mono = torch.from_numpy(np.ascontiguousarray(data.mean(1)))
+                frames.append(torch.nn.functional.pad(mono, (0, n_fft - mono.numel())))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{info.path}: could not be decoded ({_short(exc)})") from exc
+    frames = torch.nan_to_num(torch.stack(frames), nan=0.0, posinf=0.0, neginf=0.0)
+    return _bandwidth_of_frames(frames, info.rate, threshold_db)
+
+
+def _bandwidth_of_frames(frames: torch.Tensor, rate: int, threshold_db: float) -> float:
+    n_fft = frames.shape[-1]
     window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
     power = torch.fft.rfft(frames * window).abs().pow(2).mean(0)
     width = max(1, power.numel() // 100)
@@ -253,6 +321,116 @@ def _remove(name: str) -> None:
         os.unlink(name)
     except OSError:
         pass
+
+
+class StagedStems:
+    """A set of output files written block by block and published all or nothing.
+
+    Each target is written under a temporary name in its own folder (`.<stem>.<random>.part.<ext>`);
+    `publish()` renames them all into place once every one is complete, `discard()` (or leaving
+    the `with` block on an error or Ctrl-C) removes them, so a failure never leaves a
+    half-written file under a final name and replaces no existing one. Clip handling is applied
+    per block ("clamp", "none"); "rescale" needs the whole stem's peak, so the stems are staged
+    as float32 first and scaled into the final format in a second pass at `publish()`.
+    """
+
+    def __init__(self, targets: dict[str, Path], rate: int, channels: int, *, bits: int = 16, clip: str = "clamp"):
+        if clip not in CLIP_MODES:
+            raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
+        self.targets = {name: Path(path) for name, path in targets.items()}
+        self.rate, self.channels, self.bits, self.clip = rate, channels, bits, clip
+        self.clipped = {name: 0 for name in targets}
+        self.peaks = {name: 0.0 for name in targets}
+        self._files: dict[str, tuple[str, sf.SoundFile]] = {}
+        for name, path in self.targets.items():
+            fmt = path.suffix.lower().lstrip(".")
+            subtype = subtype_for(fmt, bits)
+            if clip == "rescale":
+                fmt, subtype = "wav", "FLOAT"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=path.parent)
+                os.close(handle)
+                self._files[name] = (temporary, sf.SoundFile(temporary, "w", samplerate=rate, channels=channels,
+                                                             subtype=subtype, format=WRITE_FORMATS[fmt]))
+            except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+                self.discard()
+                raise AudioError(f"{path.parent}: cannot write in the output folder ({_short(exc)})") from exc
+
+    def __enter__(self) -> "StagedStems":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.discard()
+
+    def write(self, name: str, block: torch.Tensor) -> None:
+        """Append (channels, n) samples to stem `name`."""
+        samples = block.detach().float().cpu()
+        if samples.numel():
+            self.clipped[name] += int((samples.abs() > 1.0).sum())
+            self.peaks[name] = max(self.peaks[name], float(samples.abs().max()))
+        if self.clip == "clamp" and self.clipped[name]:
+            limit = 1.0 if self.bits == 32 else 1.0 - 2.0 ** (1 - self.bits)
+            samples = samples.clamp(-limit, limit)
+        temporary, handle = self._files[name]
+        try:
+            handle.write(samples.numpy().T)
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{self.targets[name]}: could not be written ({_short(exc)})") from exc
+
+    def _close(self) -> None:
+        for _, handle in self._files.values():
+            if not handle.closed:
+                handle.close()
+
+    def publish(self) -> list[WriteReport]:
+        """Close every staged file and rename them into place; returns one report per stem."""
+        try:
+            self._close()
+            scales = {name: 1.0 for name in self.targets}
+            if self.clip == "rescale":
+                self._rescale(scales)
+            for name, (temporary, _) in self._files.items():
+                os.replace(temporary, self.targets[name])
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
+                raise AudioError(f"{next(iter(self.targets.values())).parent}: the stems could not be "
+                                 f"written ({_short(exc)})") from exc
+            raise
+        self._files = {}
+        return [WriteReport(path, self.clipped[name], scales[name]) for name, path in self.targets.items()]
+
+    def _rescale(self, scales: dict[str, float]) -> None:
+        """Second pass of --clip rescale: float32 staging files -> the final format, scaled."""
+        for name, (floating, _) in list(self._files.items()):
+            path = self.targets[name]
+            fmt = path.suffix.lower().lstrip(".")
+            scale = 1.0 / self.peaks[name] if self.peaks[name] > 1.0 else 1.0
+            scales[name] = scale
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=path.parent)
+            os.close(handle)
+            self._files[name] = (temporary, None)
+            try:
+                with sf.SoundFile(floating) as source, sf.SoundFile(
+                        temporary, "w", samplerate=self.rate, channels=self.channels,
+                        subtype=subtype_for(fmt, self.bits), format=WRITE_FORMATS[fmt]) as target:
+                    for data in source.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+                        target.write(data * scale)
+            finally:
+                _remove(floating)
+
+    def discard(self) -> None:
+        """Remove every staged file (nothing was published)."""
+        for temporary, handle in self._files.values():
+            if handle is not None and not handle.closed:
+                try:
+                    handle.close()
+                except Exception:  # closing a file we are about to delete
+                    pass
+            _remove(temporary)
+        self._files = {}
 
 
 def write_all(

@@ -1,43 +1,54 @@
-"""The separation flow as functions a library user can call.
+"""The separation flow as functions a library user can call, streamed in bounded blocks.
 
-    audio @ input_rate --resample up (strategy from input_rate vs the model's trained rate)-->
-    @ model rate --chunked inference--> stems @ model rate --resample down (conventional)-->
-    stems @ input_rate
+    file --blocks--> resample up (stateful; strategy from the input rate vs the model's; one
+    kernel per file) --> chunks + overlap-add by the model's run-time contract --> stems at the
+    model rate --> resample down (stateful, conventional) --> staged files, published together
 
-`separate(audio, rate, model)` runs it on a tensor; `separate_file(path, model, ...)` reads a
-file, runs it and writes the stems atomically. `Separator` is a model made ready to run (spec,
-module, device), so that a batch of files loads the model once.
+`separate_file(path, model, ...)` runs it on a file without ever holding the track: memory is
+bounded by the block and chunk sizes, not by the track's length. What needs the whole track is
+gathered first in cheap passes over the file (its decoded length and a NaN check, the effective
+bandwidth, the mixture statistics a model normalizes by, the energy the "noise" resampler
+scales to); a pass re-reads the file, which costs far less than the model. `separate(audio, rate,
+model)` runs the same flow on a tensor and returns the stems in memory. `Separator` is a model
+made ready to run (spec, modules, device, run-time contract), so a batch of files loads it once.
+Nothing here names a model family: each family's module states its contract
+(`sfsep.models.run_contract`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from . import audio as audio_io
 from .errors import AudioError, ModelError, ResampleError, UsageError
-from .inference import ProgressCallback, demix, resolve_device
-from .models import build_model
-from .postprocess import energy_gate
+from .inference import (MixtureStatistics, ProgressCallback, RunContract, count_chunks, resolve_device,
+                        run_chunks)
+from .models import build_model, run_contract
+from .postprocess import GateStream
 from .registry import ModelSpec, get_spec
-from .resample import choose_strategy, resample
+from .resample import choose_strategy
+from .resample.kernel import cached_conventional_kernel, kernel_geometry
+from .resample.stream import StreamResampler
+from .resample.strategies import noisy_kernel
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How to run a separation. None means: take the model's own setting from models.toml."""
+    """How to run a separation. None means: take the model's own setting (its run-time contract)."""
 
     resampler: str = "auto"
     sigma: float = 1e-3  # noisy-kernel standard deviation (sigma^2 = 1e-6)
     snr_db: float = 20.0  # post-resampling noise level for the "noise" strategy
     seed: int | None = None
     chunk_seconds: float | None = None
-    overlap: float | None = None
+    overlap: float | None = None  # a fraction of a chunk (sfsep's cross-fade for MSST-style models)
     batch_size: int | None = None
     device: str = "auto"
     precision: str = "fp32"
@@ -61,79 +72,77 @@ class Separator:
     """A model ready to run on a device.
 
     Models with a trained rate are built once; models that run at any rate (the classical ones)
-    are built for each input rate they meet, since their filters are set in Hz.
+    are built for each input rate they meet, since their filters are set in Hz. `contract(rate)`
+    says how the model is run there (from the loaded checkpoint where it carries the facts).
     """
 
     def __init__(self, spec: ModelSpec, *, device: str | torch.device = "auto",
-                 modules: list[torch.nn.Module] | None = None):
+                 modules: list[torch.nn.Module] | None = None, contract: RunContract | None = None):
         self.spec = spec
         self.device = resolve_device(device)
         self._modules_by_rate: dict[int | None, list[torch.nn.Module]] = {}
+        self._contracts: dict[int | None, RunContract] = {}
         if modules is not None:
             self._modules_by_rate[spec.trained_rate] = [m.to(self.device).eval() for m in modules]
+            self._contracts[spec.trained_rate] = contract or run_contract(spec, modules[0])
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def stem_names(self) -> list[str]:
+        """The stems a run returns, in order: the model's, then its residual stem if any."""
+        residual = self.spec.residual_stem
+        return list(self.spec.stems) + ([residual] if residual else [])
+
+    def _key(self, model_rate: int) -> int | None:
+        return model_rate if self.spec.any_rate else self.spec.trained_rate
+
     def modules(self, model_rate: int) -> list[torch.nn.Module]:
-        key = model_rate if self.spec.any_rate else self.spec.trained_rate
+        key = self._key(model_rate)
         if key not in self._modules_by_rate:
             if not self.spec.any_rate:
                 raise ModelError(f"model '{self.spec.name}' has no weights loaded")
             config = self.spec.config_copy()
             config["sample_rate"] = model_rate
-            self._modules_by_rate[key] = [build_model(self.spec.family, config).to(self.device)]
+            module = build_model(self.spec.family, config).to(self.device)
+            self._modules_by_rate[key] = [module]
+            self._contracts[key] = run_contract(self.spec, module)
         return self._modules_by_rate[key]
 
-    def run(self, mix: torch.Tensor, model_rate: int, settings: Settings,
-            progress: ProgressCallback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Stems (S, C, T) of a mixture (C, T) that is already at `model_rate`.
-
-        Chunking follows the model's spec unless --chunk-seconds/--overlap override it; with
-        `settings.shifts` the whole run is averaged over random time shifts (demucs' trick),
-        drawn from `generator`."""
-        spec = self.spec
-        modules = self.modules(model_rate)
-        batch_size = settings.batch_size or spec.batch_size
-        if spec.chunk_style == "bsrnn":
-            return self._run_bsrnn(modules, mix, settings, batch_size, progress)
-        chunk_size = spec.chunk_size
-        style = spec.chunk_style
-        spec_overlap = spec.num_overlap if style in ("msst", "msst_demucs") else spec.overlap
-        overlap = spec_overlap if settings.overlap is None else settings.overlap
+    def contract(self, model_rate: int, settings: Settings | None = None) -> RunContract:
+        """The run-time contract at `model_rate`, with --chunk-seconds, --overlap and
+        --batch-size applied (checked against what the model allows)."""
+        self.modules(model_rate)
+        contract = self._contracts[self._key(model_rate)]
+        if settings is None:
+            return contract
+        name = self.spec.name
+        if contract.style == "bsrnn" and (settings.chunk_seconds is not None or settings.overlap is not None):
+            raise UsageError(f"model '{name}' runs with its reference chunking; "
+                             f"--chunk-seconds and --overlap do not apply to it")
         if settings.chunk_seconds is not None:
-            chunk_size = max(1, round(settings.chunk_seconds * model_rate))
-        if style in ("msst", "msst_demucs") and settings.overlap is not None:
-            style = "fade"  # a fractional --overlap means sfsep's own cross-fade
-        padded_length = spec.padded_length if style == "demucs" else None
-        if padded_length is not None and chunk_size is not None and chunk_size > padded_length:
-            raise UsageError(f"--chunk-seconds: model '{spec.name}' takes at most "
-                             f"{padded_length / model_rate:.2f} s per chunk")
+            segment = max(1, round(settings.chunk_seconds * model_rate))
+            if contract.padded_length is not None and segment > contract.padded_length:
+                raise UsageError(f"--chunk-seconds: model '{name}' takes at most "
+                                 f"{contract.padded_length / model_rate:.2f} s per chunk")
+            contract = replace(contract, segment=segment)
+        if settings.overlap is not None:
+            if contract.style in ("msst", "msst_demucs"):
+                contract = replace(contract, style="fade")  # a fractional --overlap: sfsep's cross-fade
+            contract = replace(contract, overlap=settings.overlap)
+        if settings.batch_size is not None:
+            contract = replace(contract, batch_size=settings.batch_size)
+        return contract
 
-        def run_once(signal: torch.Tensor) -> torch.Tensor:
-            outputs = [demix(module, signal, chunk_size=chunk_size, overlap=overlap, style=style,
-                             batch_size=batch_size, device=self.device, precision=settings.precision,
-                             padded_length=padded_length, progress=progress) for module in modules]
-            return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
-
-        if settings.shifts > 0:
-            from .models.demucs import apply_shifts
-
-            return apply_shifts(run_once, mix, settings.shifts, model_rate // 2, generator)
-        return run_once(mix)
-
-    def _run_bsrnn(self, modules, mix, settings, batch_size, progress):
-        """BSRNN runs with its reference separator (fixed 263-frame chunks every ~0.54 s)."""
-        from .inference import autocast_context
-        from .models.bsrnn import separate_waveform
-
-        if settings.chunk_seconds is not None or settings.overlap is not None or settings.shifts:
-            raise UsageError(f"model '{self.spec.name}' runs with its reference chunking; "
-                             f"--chunk-seconds, --overlap and --shifts do not apply to it")
-        with torch.inference_mode(), autocast_context(self.device, settings.precision):
-            return separate_waveform(modules[0], mix, batch_size=batch_size, device=self.device,
-                                     progress=progress).float().cpu()
+    def model_function(self, model_rate: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """(batch, channels, n) -> (batch, stems, channels, n): the model, or the plain mean of
+        several checkpoints given without bag weights."""
+        modules = self.modules(model_rate)
+        if len(modules) == 1:
+            return modules[0]
+        return lambda batch: torch.stack([module(batch) for module in modules]).mean(0)
 
 
 class _WeightedBag(torch.nn.Module):
@@ -141,7 +150,7 @@ class _WeightedBag(torch.nn.Module):
     stem k (demucs' bag weights, e.g. htdemucs_ft's identity: each model gives one stem). The
     mean is linear, so running it inside each chunk equals demucs' model-by-model run."""
 
-    def __init__(self, members: list[torch.nn.Module], weights: list[list[float]]):
+    def __init__(self, members: list[torch.nn.Module], weights):
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.weights = weights
@@ -164,7 +173,7 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
     `sfsep.checkpoint` (no code in them runs) and loaded strictly.
     """
     from . import checkpoint, hub
-    from .models import builder
+    from .models import builder, checkpoint_config
     from .registry import spec_from_config
 
     spec = get_spec(model) if isinstance(model, str) else model
@@ -192,16 +201,13 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
     else:
         paths = hub.fetch_model(spec, offline=offline, progress=progress)
 
-    demucs_kwargs = spec.family in ("htdemucs", "conv_tasnet") and "sources" in spec.config
     modules = []
     stems = spec.stems
     for path in paths:
         loaded = checkpoint.load_checkpoint(path)
-        model_config = spec.config_copy()
-        if demucs_kwargs and loaded.kwargs.get("sources"):
-            # A demucs package records the kwargs it was trained with: they are authoritative.
-            model_config = dict(loaded.kwargs)
-            stems = tuple(str(name) for name in loaded.kwargs["sources"])
+        # A checkpoint that records how it was built (a demucs package's kwargs) is authoritative.
+        model_config, own_stems = checkpoint_config(spec, loaded.kwargs)
+        stems = own_stems or stems
         module = build_model(spec.family, model_config)
         checkpoint.load_state(module, loaded.state, source=path)
         modules.append(module)
@@ -215,21 +221,236 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
         if len(bag_weights) != len(modules) or any(len(row) != len(spec.stems) for row in bag_weights):
             raise ModelError(f"models.toml: model '{spec.name}': bag_weights must be {len(modules)} rows of "
                              f"{len(spec.stems)} weights")
-        modules = [_WeightedBag(modules, bag_weights)]
+        contract = run_contract(spec, modules[0])
+        return Separator(spec, device=device, modules=[_WeightedBag(modules, bag_weights)], contract=contract)
     return Separator(spec, device=device, modules=modules)
 
 
-def _normalize(mix: torch.Tensor, kind: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Standardize the mixture by its mono mix as the model's reference does; returns the
-    normalized mixture and the function that maps stems back."""
-    if kind == "msst":
-        from .models.scnet import normalize_mixture
+@dataclass(frozen=True)
+class Mixture:
+    """A mixture to separate, readable as many times as the flow needs: `blocks()` returns a
+    fresh iterator of float32 (channels, n) blocks, `length` samples in all, at `rate`."""
 
-        return normalize_mixture(mix)
-    from .models.demucs import denormalize, normalize_by_mixture
+    blocks: Callable[[], Iterable[torch.Tensor]]
+    length: int
+    rate: int
+    channels: int
 
-    normalized, mean, scale = normalize_by_mixture(mix, eps=1e-8 if kind == "demucs" else 0.0)
-    return normalized, lambda stems: denormalize(stems, mean, scale)
+    @classmethod
+    def of_tensor(cls, audio: torch.Tensor, rate: int, block: int = audio_io.BLOCK_FRAMES) -> "Mixture":
+        audio = audio.float()
+        return cls(lambda: (audio[:, first : first + block] for first in range(0, audio.shape[-1], block)),
+                   audio.shape[-1], rate, audio.shape[0])
+
+
+def _stereo(blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Mono is separated as dual mono (and written back as mono)."""
+    for block in blocks:
+        yield block.expand(2, -1) if block.shape[0] == 1 else block
+
+
+class _Aligned:
+    """Takes exactly n samples at a time from a stream of blocks of any sizes."""
+
+    def __init__(self, blocks: Iterable[torch.Tensor]):
+        self._blocks = iter(blocks)
+        self._held: list[torch.Tensor] = []
+        self._count = 0
+
+    def take(self, count: int) -> torch.Tensor:
+        while self._count < count:
+            block = next(self._blocks, None)
+            if block is None:
+                raise RuntimeError(f"stream ended {count - self._count} samples early")
+            self._held.append(block)
+            self._count += block.shape[-1]
+        joined = torch.cat(self._held, dim=-1) if len(self._held) > 1 else self._held[0]
+        taken, rest = joined[..., :count], joined[..., count:]
+        self._held, self._count = ([rest] if rest.shape[-1] else []), rest.shape[-1]
+        return taken
+
+
+def _exact_length(blocks: Iterable[torch.Tensor], length: int) -> Iterator[torch.Tensor]:
+    """The first `length` samples of a stream, zero-padded at the end if it is shorter."""
+    given = 0
+    last = None
+    for block in blocks:
+        last = block
+        keep = min(block.shape[-1], length - given)
+        if keep > 0:
+            yield block[..., :keep]
+            given += keep
+    if given < length and last is not None:
+        yield last.new_zeros(*last.shape[:-1], length - given)
+
+
+def _noise_blocks(seed: int, channels: int, length: int) -> Iterator[torch.Tensor]:
+    """White Gaussian noise for the "noise" resampler, drawn block by block so that a stream
+    and a whole signal get the same draws: fixed blocks of NOISE_BLOCK samples from a generator
+    seeded by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    for first in range(0, length, NOISE_BLOCK):
+        yield torch.randn(channels, min(NOISE_BLOCK, length - first), generator=generator)
+
+
+NOISE_BLOCK = 1 << 16
+
+
+class _Flow:
+    """One separation of one mixture: the choices made once (strategy, kernel, contract, shifts,
+    statistics), and the passes that stream it."""
+
+    def __init__(self, separator: Separator, mixture: Mixture, settings: Settings):
+        spec = separator.spec
+        self.separator, self.mixture, self.settings = separator, mixture, settings
+        rate = mixture.rate
+        self.model_rate = spec.model_rate(rate)
+        self.strategy, self.reason = _pick_strategy(settings.resampler, rate, self.model_rate)
+        generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+        self.kernel = self._kernel(generator)  # one draw per file for the random kernels
+        self.model_length = (kernel_geometry(rate, self.model_rate).output_length(mixture.length)
+                             if rate != self.model_rate else mixture.length)
+        self.noise_seed, self.noise_scale = None, 0.0
+        if self.strategy == "noise":
+            self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            self.noise_scale = self._noise_scale()
+        self.contract = separator.contract(self.model_rate, settings)
+        self.normalization = None
+        if self.contract.normalize:
+            statistics = MixtureStatistics()
+            for block in self.model_rate_blocks():
+                statistics.update(block)
+            self.normalization = statistics.normalization(self.contract.normalize)
+        max_shift = self.model_rate // 2
+        self.delays = [max_shift - int(torch.randint(0, max_shift + 1, (1,), generator=generator))
+                       for _ in range(settings.shifts)] if settings.shifts > 0 else [0]
+        self.total_chunks = sum(count_chunks(self.contract, self.model_length + delay) for delay in self.delays)
+
+    def _kernel(self, generator: torch.Generator | None) -> torch.Tensor | None:
+        rate, model_rate, settings = self.mixture.rate, self.model_rate, self.settings
+        if self.strategy == "none":
+            return None
+        if self.strategy == "noisy":
+            return noisy_kernel(rate, model_rate, sigma=settings.sigma, generator=generator)
+        if self.strategy == "trainable":  # the kernel `sfsep train-kernel` trained for this model and rate
+            from .resample.trainable import load_trained_kernel
+
+            learned = load_trained_kernel(self.separator.spec.name, rate)
+            with torch.no_grad():
+                return learned.matrix(rate, model_rate).detach().float()
+        return cached_conventional_kernel(rate, model_rate, torch.float32, torch.device("cpu"))
+
+    def _resampled(self) -> Iterator[torch.Tensor]:
+        resampler = StreamResampler(self.kernel, self.mixture.rate, self.model_rate)
+        for block in _stereo(self.mixture.blocks()):
+            yield resampler.push(block)
+        if not resampler.passthrough:
+            yield resampler.finish()
+
+    def _noise_scale(self) -> float:
+        """The gain that puts the noise exactly `snr_db` below the upsampled signal (as a whole)."""
+        signal = sum(float(block.double().pow(2).sum()) for block in self._resampled())
+        noise = sum(float(block.double().pow(2).sum())
+                    for block in _noise_blocks(self.noise_seed, 2, self.model_length))
+        return (signal / (max(noise, 1e-300) * 10.0 ** (self.settings.snr_db / 10.0))) ** 0.5
+
+    def model_rate_blocks(self) -> Iterator[torch.Tensor]:
+        """The mixture at the model rate (stereo), as the model's input is made from it."""
+        if self.noise_seed is None:
+            yield from self._resampled()
+            return
+        noise = _Aligned(_noise_blocks(self.noise_seed, 2, self.model_length))
+        for block in self._resampled():
+            yield block + self.noise_scale * noise.take(block.shape[-1])
+
+    def _model_stems(self, progress: ProgressCallback | None) -> Iterator[torch.Tensor]:
+        """Stems (S, 2, n) at the model rate, shift-averaged and denormalized."""
+        done = 0
+
+        def counted(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress(done, self.total_chunks)
+
+        model = self.separator.model_function(self.model_rate)
+        mean, scale = self.normalization or (0.0, 1.0)
+
+        def one_run(delay: int) -> Iterator[torch.Tensor]:
+            blocks: Iterable[torch.Tensor] = self.model_rate_blocks()
+            if self.normalization is not None:
+                blocks = ((block - mean) / scale for block in blocks)
+            if delay:
+                blocks = itertools.chain([torch.zeros(2, delay)], blocks)
+            out = run_chunks(model, blocks, self.model_length + delay, self.contract,
+                             device=self.separator.device, precision=self.settings.precision, on_chunks=counted)
+            return _skip(out, delay)
+
+        runs = [one_run(delay) for delay in self.delays]
+        others = [_Aligned(run) for run in runs[1:]]
+        for block in runs[0]:
+            total = block
+            for other in others:
+                total = total + other.take(block.shape[-1])
+            if len(runs) > 1:
+                total = total / len(runs)
+            if self.normalization is not None:
+                total = total * scale + mean
+            yield total
+
+    def stems(self, progress: ProgressCallback | None = None) -> Iterator[torch.Tensor]:
+        """The stems (stem_names, channels of the input, n) at the input rate, block by block."""
+        spec, rate, length = self.separator.spec, self.mixture.rate, self.mixture.length
+        names = self.separator.stem_names
+        stems: Iterator[torch.Tensor] = self._model_stems(progress)
+        residual = self.contract.residual_stem
+        if residual:
+            mixture = _Aligned(self.model_rate_blocks())
+            stems = (torch.cat([block, (mixture.take(block.shape[-1]) - block.sum(0))[None]]) for block in stems)
+        stems = self._checked(stems, len(names))
+        if self.model_rate != rate:  # every stem goes back to the input rate in one stream
+            down = StreamResampler(cached_conventional_kernel(self.model_rate, rate, torch.float32,
+                                                              torch.device("cpu")), self.model_rate, rate)
+            stems = itertools.chain((down.push(block) for block in stems), _lazy(down.finish))
+        stems = _exact_length(stems, length)
+        if self.settings.gate_db is not None:
+            gate = GateStream(rate, self.settings.gate_db, length)
+            mixture = _Aligned(_stereo(self.mixture.blocks()))
+            stems = itertools.chain((gate.push(block, mixture.take(block.shape[-1])) for block in stems),
+                                    _lazy(gate.finish))
+        for block in stems:
+            if block.shape[-1]:
+                yield block.mean(1, keepdim=True) if self.mixture.channels == 1 else block
+        del spec
+
+    def _checked(self, stems: Iterator[torch.Tensor], expected: int) -> Iterator[torch.Tensor]:
+        for block in stems:
+            if block.shape[0] != expected:
+                raise ModelError(f"model '{self.separator.spec.name}' returned {block.shape[0]} stems, "
+                                 f"its spec lists {expected}")
+            yield block
+
+
+def _skip(blocks: Iterable[torch.Tensor], count: int) -> Iterator[torch.Tensor]:
+    """A stream without its first `count` samples."""
+    for block in blocks:
+        if count >= block.shape[-1]:
+            count -= block.shape[-1]
+            continue
+        yield block[..., count:]
+        count = 0
+
+
+def _lazy(make: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """One block, computed only when the stream gets there (a resampler's finish())."""
+    yield make()
+
+
+def _notes(separator: Separator) -> list[str]:
+    residual = separator.spec.residual_stem
+    if residual:
+        return [f"'{residual}' is the mixture minus {', '.join(separator.spec.stems)} (the model predicts only those)"]
+    return []
 
 
 def separate(
@@ -242,59 +463,20 @@ def separate(
     progress: ProgressCallback | None = None,
 ) -> Separation:
     """Separate `audio` (channels, samples) at `rate`; stems come back at `rate` with the input's
-    channel count and length. `resampler` overrides `settings.resampler`."""
+    channel count and length. `resampler` overrides `settings.resampler`. The same flow as
+    `separate_file`, on a tensor held in memory."""
     settings = replace(settings or Settings(), resampler=resampler)
     separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
-    spec = separator.spec
     if audio.dim() == 1:
         audio = audio.unsqueeze(0)
     if audio.dim() != 2 or audio.shape[-1] == 0:
         raise AudioError(f"expected (channels, samples) audio, got shape {tuple(audio.shape)}")
-    channels, length = audio.shape
-    mix = audio.float()
-    if channels == 1:
-        mix = mix.expand(2, -1)  # mono is separated as dual mono and written back as mono
-    elif channels != 2:
-        raise AudioError(f"{channels}-channel audio: sfsep separates mono or stereo (fold it down first)")
-
-    model_rate = spec.model_rate(rate)
-    strategy, reason = _pick_strategy(settings.resampler, rate, model_rate)
-    generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
-    learned_kernel = None
-    if strategy == "trainable":  # the kernel `sfsep train-kernel` trained for this model and input rate
-        from .resample.trainable import load_trained_kernel
-
-        learned_kernel = load_trained_kernel(spec.name, rate)
-    at_model_rate = resample(mix, rate, model_rate, strategy, sigma=settings.sigma, snr_db=settings.snr_db,
-                             generator=generator, kernel=learned_kernel)
-    model_input = at_model_rate
-    restore = None
-    if spec.normalize:
-        model_input, restore = _normalize(at_model_rate, spec.normalize)
-    stems = separator.run(model_input, model_rate, settings, progress, generator)
-    if restore is not None:
-        stems = restore(stems)
-
-    names = list(spec.stems)
-    notes: list[str] = []
-    residual = spec.residual_stem
-    if residual:
-        stems = torch.cat([stems, (at_model_rate - stems.sum(0))[None]])
-        names.append(residual)
-        notes.append(f"'{residual}' is the mixture minus {', '.join(spec.stems)} (the model predicts only those)")
-    if stems.shape[0] != len(names):
-        raise ModelError(f"model '{spec.name}' returned {stems.shape[0]} stems, models.toml lists {len(names)}")
-
-    # All stems go back to the input rate in one call (the resampler takes leading dimensions).
-    back = resample(stems, model_rate, rate, "conventional" if model_rate != rate else "none")[..., :length]
-    if back.shape[-1] < length:
-        back = torch.nn.functional.pad(back, (0, length - back.shape[-1]))
-    result: dict[str, torch.Tensor] = {}
-    for name, stem in zip(names, back):
-        if settings.gate_db is not None:
-            stem = energy_gate(stem, mix, rate, settings.gate_db)
-        result[name] = stem.mean(0, keepdim=True) if channels == 1 else stem
-    return Separation(result, rate, model_rate, strategy, reason, notes)
+    if audio.shape[0] > 2:
+        raise AudioError(f"{audio.shape[0]}-channel audio: sfsep separates mono or stereo (fold it down first)")
+    flow = _Flow(separator, Mixture.of_tensor(audio, rate, block=max(1, audio.shape[-1])), settings)
+    joined = torch.cat(list(flow.stems(progress)), dim=-1)
+    stems = dict(zip(separator.stem_names, joined))
+    return Separation(stems, rate, flow.model_rate, flow.strategy, flow.reason, _notes(separator))
 
 
 def _pick_strategy(requested: str, input_rate: int, model_rate: int) -> tuple[str, str]:
@@ -342,7 +524,7 @@ class FileResult:
 
 def stem_paths(path: Path, separator: Separator, output: OutputOptions) -> dict[str, Path]:
     spec = separator.spec
-    names = list(spec.stems) + ([spec.residual_stem] if spec.residual_stem else [])
+    names = separator.stem_names
     return {
         name: audio_io.output_path(output.filename, out=Path(output.out), model=spec.name, track=path.stem,
                                    trackext=path.suffix.lstrip("."), stem=name, ext=output.format)
@@ -366,31 +548,45 @@ def separate_file(
     output: OutputOptions = OutputOptions(),
     settings: Settings = Settings(),
     progress: ProgressCallback | None = None,
+    block_frames: int = audio_io.BLOCK_FRAMES,
 ) -> FileResult:
-    """Read `path`, separate it and write its stems; existing outputs are skipped unless
-    `output.overwrite`. Errors about the file are AudioError naming it."""
+    """Read `path` block by block, separate it and write its stems; existing outputs are
+    skipped unless `output.overwrite`. Memory stays bounded whatever the file's length.
+    Errors about the file are AudioError naming it; on any error (and on Ctrl-C) nothing is
+    published and no existing stem is touched."""
     started = time.perf_counter()
     path = Path(path)
     separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
     audio_io.subtype_for(output.format, output.bits)  # reject impossible format/bits before any work
     targets = stem_paths(path, separator, output)
     existing = [p for p in targets.values() if p.exists()]
-    info = audio_io.inspect(path)
+    info = audio_io.check_input(path, downmix=output.downmix)
     if existing and not output.overwrite:
         return FileResult(path, "skipped", info.rate, notes=[f"{existing[0]} exists (use --overwrite to replace)"])
     for folder in {p.parent for p in targets.values()}:
         check_writable(folder)
-    mix, rate = audio_io.read(path, downmix=output.downmix)
-    bandwidth = audio_io.effective_bandwidth(mix, rate)
-    separation = separate(mix, rate, separator, settings.resampler, settings=settings, progress=progress)
-    reports = audio_io.write_all([(targets[name], stem) for name, stem in separation.stems.items()], rate,
-                                 bits=output.bits, clip=output.clip, overwrite=True)
+
+    def blocks() -> Iterator[torch.Tensor]:
+        return audio_io.read_blocks(path, downmix=output.downmix, block_frames=block_frames, info=info)
+
+    # First pass: the decoded length (a compressed file's header may only estimate it) and
+    # every sample checked for NaN/Inf before anything is written.
+    length = sum(block.shape[-1] for block in blocks())
+    channels = min(info.channels, 2)
+    bandwidth = audio_io.file_bandwidth(info)
+    flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
+    with audio_io.StagedStems(targets, info.rate, channels, bits=output.bits, clip=output.clip) as staged:
+        names = separator.stem_names
+        for block in flow.stems(progress):
+            for name, stem in zip(names, block):
+                staged.write(name, stem)
+        reports = staged.publish()
     return FileResult(
-        path=path, status="done", input_rate=rate, model_rate=separation.model_rate,
-        strategy=separation.strategy, reason=separation.reason, bandwidth_hz=bandwidth,
+        path=path, status="done", input_rate=info.rate, model_rate=flow.model_rate,
+        strategy=flow.strategy, reason=flow.reason, bandwidth_hz=bandwidth,
         outputs=[r.path for r in reports],
         clipped={r.path.stem: r.clipped_samples for r in reports if r.clipped_samples},
-        notes=separation.notes, seconds=time.perf_counter() - started,
+        notes=_notes(separator), seconds=time.perf_counter() - started,
     )
 
 

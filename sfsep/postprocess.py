@@ -48,3 +48,57 @@ def energy_gate(
         padded = F.pad(gain[None, None], (fade // 2, fade - 1 - fade // 2), mode="replicate")
         gain = F.avg_pool1d(padded, fade, stride=1)[0, 0]
     return stem * gain.to(stem.device)
+
+
+class GateStream:
+    """`energy_gate` on a stream: push (stems, channels, n) blocks with the mixture's matching
+    (channels, n) block, take gated blocks back; the result equals gating the whole signal.
+
+    The gate decides per window of `window_seconds` counted from the first sample, and its fade
+    reaches at most `fade_seconds` into the neighbouring windows. The held stretch always starts
+    on a window boundary, so its windows are the whole signal's; whole windows are gated with
+    `context` windows of real neighbours on each side (none beyond the signal's ends, where the
+    whole-signal gate has none either), and only the middle is handed out.
+    """
+
+    def __init__(self, rate: int, threshold_db: float, length: int, *, window_seconds: float = 0.05,
+                 fade_seconds: float = 0.01):
+        self.rate, self.threshold_db, self.length = rate, threshold_db, length
+        self.window_seconds, self.fade_seconds = window_seconds, fade_seconds
+        self.window = max(1, round(window_seconds * rate))
+        fade = max(1, round(fade_seconds * rate))
+        self.context = (fade // 2 + self.window) // self.window + 1
+        self._stems: torch.Tensor | None = None
+        self._mixture: torch.Tensor | None = None
+        self._first = 0  # signal index of the held buffers' first sample
+        self._emitted = 0
+
+    def push(self, stems: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        self._stems = stems if self._stems is None else torch.cat([self._stems, stems], dim=-1)
+        self._mixture = mixture if self._mixture is None else torch.cat([self._mixture, mixture], dim=-1)
+        held_end = self._first + self._stems.shape[-1]
+        # Emit up to the last whole window that still has `context` whole windows after it.
+        ready = (held_end // self.window - self.context) * self.window
+        return self._emit(ready)
+
+    def finish(self) -> torch.Tensor:
+        if self._stems is None:
+            return torch.zeros(0)
+        return self._emit(self._first + self._stems.shape[-1])
+
+    def _emit(self, ready: int) -> torch.Tensor:
+        if ready <= self._emitted:
+            return self._stems[..., :0]
+        begin = self._first
+        gated = torch.stack([
+            energy_gate(stem, self._mixture, self.rate, self.threshold_db,
+                        window_seconds=self.window_seconds, fade_seconds=self.fade_seconds)
+            for stem in self._stems])
+        out = gated[..., self._emitted - begin : ready - begin]
+        self._emitted = ready
+        keep_from = max(0, ready - self.context * self.window)
+        drop = keep_from - self._first
+        if drop > 0:
+            self._stems, self._mixture = self._stems[..., drop:], self._mixture[..., drop:]
+            self._first = keep_from
+        return out

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sfsep.errors import ResampleError
+from sfsep.inference import demix
 from sfsep.models import build_model
 from sfsep.pipeline import Separator, Settings, separate
 from sfsep.registry import ModelSpec
@@ -74,5 +75,8 @@ def test_msst_chunking_runs_with_the_spec_num_overlap():
                      trained_rate=rate, chunk_size=rate // 2, overlap=None, num_overlap=2, chunk_style="msst")
     separator = Separator(spec, device="cpu", modules=[build_model("classic", {"sample_rate": rate})])
     mix = _mix(rate, seconds=1.5)
-    stems = separator.run(mix, rate, Settings(seed=0))
-    assert stems.shape == (4, *mix.shape)
+    contract = separator.contract(rate, Settings(seed=0))
+    assert (contract.style, contract.segment, contract.num_overlap) == ("msst", rate // 2, 2)
+    result = separate(mix, rate, separator, settings=Settings(seed=0))
+    expected = demix(separator.modules(rate)[0], mix, chunk_size=rate // 2, overlap=2, style="msst")
+    assert torch.equal(torch.stack(list(result.stems.values())), expected)

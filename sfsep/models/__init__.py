@@ -69,3 +69,41 @@ def build_model(family: str, config: dict[str, Any]) -> torch.nn.Module:
     """Build an architecture from its plain-data config (random weights, eval mode)."""
     model = builder(family)(config)
     return model.eval()
+
+
+def spec_contract(spec) -> "RunContract":
+    """The run-time contract models.toml (or a user's MSST config) states for `spec`: the
+    contract of the families whose checkpoints carry no run-time facts of their own."""
+    from ..inference import RunContract
+
+    return RunContract(style=spec.chunk_style, segment=spec.chunk_size, num_overlap=spec.num_overlap,
+                       overlap=spec.overlap, batch_size=spec.batch_size, normalize=spec.normalize,
+                       residual_stem=spec.residual_stem)
+
+
+def run_contract(spec, module: torch.nn.Module) -> "RunContract":
+    """How the loaded `module` of `spec` is run (sfsep.inference.RunContract).
+
+    A family's module may define `run_contract(spec, module)` to take facts from the checkpoint
+    itself (a demucs package's segment and valid length, BSRNN's chunk window, the classical
+    separators' block length at their rate); the others follow `spec_contract`.
+    """
+    target = ARCHITECTURES.get(spec.family)
+    if target is not None:
+        family_module = importlib.import_module(target.split(":")[0])
+        own = getattr(family_module, "run_contract", None)
+        if own is not None:
+            return own(spec, module)
+    return spec_contract(spec)
+
+
+def checkpoint_config(spec, kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+    """The config to build `spec`'s module with for a checkpoint that records `kwargs` (its
+    constructor arguments), and the stems it names; the spec's own config when the family's
+    module does not take a checkpoint's word (`checkpoint_config(spec, kwargs)` there)."""
+    target = ARCHITECTURES.get(spec.family)
+    if target is not None:
+        own = getattr(importlib.import_module(target.split(":")[0]), "checkpoint_config", None)
+        if own is not None:
+            return own(spec, kwargs)
+    return spec.config_copy(), None

@@ -64,7 +64,7 @@ bottleneck with complex-as-channel input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..inference import RunContract, run_whole
 from .precision import run_rnn
 
 MODEL_KEYS = (
@@ -529,6 +530,26 @@ def separator_layout(
     return SeparatorLayout(length, window, hop, edge_padding, tail_padding, chunks)
 
 
+def reference_contract(config: dict[str, Any], chunk_size: int | None = None, chunk_step: int | None = None,
+                       batch_size: int | None = None) -> RunContract:
+    """The reference separator's chunking as a run-time contract (sfsep.inference style "bsrnn"):
+    windows of the model's fixed chunk length every `hop` samples, `edge_padding` zeros on both
+    sides, summed with a constant 1 / (window / hop) or a Hann window (`_audio_params` win_size,
+    hop_size, batch_size and window, or the arguments)."""
+    audio_params = config.get("_audio_params") or {}
+    layout = separator_layout(config, 0, chunk_size, chunk_step)
+    window_name = audio_params.get("window")
+    if window_name not in (None, "hann"):
+        raise ModelError(f"BSRNN config: _audio_params window '{window_name}' is not supported (null or hann)")
+    return RunContract(style="bsrnn", segment=layout.window, hop=layout.hop, edge_padding=layout.edge_padding,
+                       synthesis_window=window_name, batch_size=int(batch_size or audio_params.get("batch_size", 8)))
+
+
+def run_contract(spec, module: BSRNN) -> RunContract:
+    """How the pipeline runs a loaded BSRNN: its reference separator's chunking."""
+    return replace(reference_contract(module.config), normalize=spec.normalize, residual_stem=spec.residual_stem)
+
+
 def fit_channels(mix: torch.Tensor, model_channels: int) -> torch.Tensor:
     """Channels as the reference's loader prepares them: mean for a mono model, mono repeated
     for a stereo one. (channels, samples) -> (model_channels, samples)."""
@@ -544,7 +565,6 @@ def fit_channels(mix: torch.Tensor, model_channels: int) -> torch.Tensor:
     )
 
 
-@torch.no_grad()
 def separate_waveform(
     model: BSRNN,
     mix: torch.Tensor,
@@ -558,40 +578,16 @@ def separate_waveform(
     """The reference separator: mix (channels, samples) -> stems (1, model channels, samples).
 
     Chunks follow `separator_layout` (zero padding, constant 1 / (window / hop) weighting or a Hann
-    window when `_audio_params.window` is 'hann'); chunks run `batch_size` at a time (default
-    `_audio_params.batch_size`, else 8) on `device` (default: where the model is); the full-length
-    buffers stay where `mix` is. A mono input to a stereo model is duplicated, as the reference's
-    loader does, so the stems then have two channels.
+    window when `_audio_params.window` is 'hann'), run by sfsep.inference's "bsrnn" style (the
+    streaming pipeline runs the same plan block by block); chunks run `batch_size` at a time
+    (default `_audio_params.batch_size`, else 8) on `device` (default: where the model is). A
+    mono input to a stereo model is duplicated, as the reference's loader does, so the stems
+    then have two channels.
     """
     if mix.dim() != 2:
         raise ModelError(f"BSRNN separate_waveform expects (channels, samples), got shape {tuple(mix.shape)}")
-    config = model.config
-    audio_params = config.get("_audio_params") or {}
+    contract = reference_contract(model.config, chunk_size, chunk_step, batch_size)
     mix = fit_channels(mix, model.channels)
-    length = mix.shape[-1]
-    layout = separator_layout(config, length, chunk_size, chunk_step)
-    if batch_size is None:
-        batch_size = int(audio_params.get("batch_size", 8))
     if device is None:
         device = next(model.parameters()).device
-    window_name = audio_params.get("window")
-    if window_name not in (None, "hann"):
-        raise ModelError(f"BSRNN config: _audio_params window '{window_name}' is not supported (null or hann)")
-
-    padded = F.pad(mix, (layout.edge_padding, layout.edge_padding + layout.tail_padding))
-    chunks = padded.unfold(-1, layout.window, layout.hop).transpose(0, 1)  # (chunks, C, window)
-    output = torch.zeros(len(model.stems), model.channels, layout.padded_length, dtype=mix.dtype, device=mix.device)
-    synthesis = None
-    if window_name == "hann":
-        synthesis = torch.hann_window(layout.window, periodic=True, dtype=mix.dtype, device=device)
-    for first in range(0, layout.chunks, batch_size):
-        batch = chunks[first : first + batch_size].to(device)
-        estimate = model(batch)
-        estimate = estimate / layout.gain if synthesis is None else estimate * synthesis
-        estimate = estimate.to(mix.device)
-        for offset, stems in enumerate(estimate):
-            start = (first + offset) * layout.hop
-            output[..., start : start + layout.window] += stems
-        if progress is not None:
-            progress(min(first + batch_size, layout.chunks), layout.chunks)
-    return output[..., layout.edge_padding : layout.edge_padding + length]
+    return run_whole(model, mix, contract, device=device, progress=progress).to(mix.dtype)

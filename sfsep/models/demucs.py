@@ -122,3 +122,29 @@ def normalize_by_mixture(mix: torch.Tensor, eps: float = 1e-8
 def denormalize(stems: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Undo `normalize_by_mixture` on stems (..., sources, channels, samples)."""
     return stems * scale[..., None, None, None] + mean[..., None, None, None]
+
+
+def run_contract(spec, module):
+    """demucs' own run of a loaded model: for an HT-Demucs chunked demucs' way, the segment is
+    the one the checkpoint carries (`module.segment`, e.g. 39/5 s for the v4 models, 3/10 s for a
+    small package) and each chunk is centred in `module.valid_length(segment)` samples, as
+    demucs' `apply_model` does; models.toml says only what a package does not (overlap, batch,
+    normalization). Conv-TasNet and MSST-configured HT-Demucs follow their spec."""
+    from dataclasses import replace
+
+    from . import spec_contract
+
+    contract = spec_contract(spec)
+    if isinstance(module, HTDemucs) and spec.chunk_style == "demucs":
+        segment = module.training_length
+        contract = replace(contract, segment=segment, padded_length=module.valid_length(segment))
+    return contract
+
+
+def checkpoint_config(spec, kwargs):
+    """A demucs package records the kwargs it was trained with (sources, segment, ...): they are
+    authoritative over models.toml's reconstruction, for HT-Demucs and Conv-TasNet alike. An
+    MSST-configured HT-Demucs (no `sources` in its config) keeps its config."""
+    if "sources" in spec.config and kwargs.get("sources"):
+        return dict(kwargs), tuple(str(name) for name in kwargs["sources"])
+    return spec.config_copy(), None

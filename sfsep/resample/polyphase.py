@@ -98,12 +98,35 @@ def apply_kernel(
     if waveform.numel() == 0:  # no samples, or no rows: nothing to convolve
         return waveform.new_zeros(*leading, target)
     flat = waveform.reshape(-1, input_length)
-    batch = flat.shape[0]
 
-    stride, phases, taps = geometry.input_stride, geometry.phases, geometry.taps
-    weight = kernel.to(dtype=waveform.dtype, device=waveform.device).unsqueeze(1)
-    padded = F.pad(flat, (geometry.width, geometry.width + stride)).unsqueeze(1)
+    stride, phases = geometry.input_stride, geometry.phases
+    weight = kernel.to(dtype=waveform.dtype, device=waveform.device)
+    padded = F.pad(flat, (geometry.width, geometry.width + stride))
     frames = -(-target // phases)  # frames that contribute at least one kept sample
+    interleaved = convolve_frames(padded, weight, stride, frames, block_frames=block_frames)
+    return interleaved[:, :target].reshape(*leading, target)
+
+
+def convolve_frames(
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    frames: int,
+    *,
+    block_frames: int | None = None,
+) -> torch.Tensor:
+    """Frames 0..frames-1 of the polyphase machine, interleaved in time order.
+
+    `padded` (batch, samples) is the input already shifted by the kernel's `width` (frame j reads
+    padded[j*stride : j*stride + taps]) and must hold at least (frames - 1) * stride + taps
+    samples; `weight` is the (phases, taps) kernel in `padded`'s dtype and device. Returns
+    (batch, frames * phases). `apply_kernel` pads a whole signal and calls this once; the
+    streaming resampler (`stream.py`) calls it on each stretch of input it has gathered.
+    """
+    batch = padded.shape[0]
+    phases, taps = weight.shape
+    weight = weight.unsqueeze(1)
+    padded = padded.unsqueeze(1)
     if block_frames is None:
         block_frames = max(1, min(UNFOLD_BUDGET // (batch * taps),
                                   OUTPUT_BUDGET // (batch * phases)))
@@ -112,14 +135,13 @@ def apply_kernel(
     if frames <= block:
         used = padded[..., : (frames - 1) * stride + taps]
         by_phase = F.conv1d(used, weight, stride=stride)  # (batch, phases, frames)
-        interleaved = by_phase.transpose(1, 2).reshape(batch, frames * phases)
-        return interleaved[:, :target].reshape(*leading, target)
+        return by_phase.transpose(1, 2).reshape(batch, frames * phases)
 
     needs_graph = torch.is_grad_enabled() and (weight.requires_grad or padded.requires_grad)
     pieces = []
     result = None
     if not needs_graph:
-        result = waveform.new_empty(batch, frames, phases)
+        result = padded.new_empty(batch, frames, phases)
     for start in range(0, frames, block):
         stop = min(frames, start + block)
         segment = padded[..., start * stride : (stop - 1) * stride + taps]
@@ -130,5 +152,4 @@ def apply_kernel(
             result[:, start:stop].copy_(by_phase.transpose(1, 2))
     if needs_graph:
         result = torch.cat(pieces, dim=1)
-    interleaved = result.reshape(batch, frames * phases)
-    return interleaved[:, :target].reshape(*leading, target)
+    return result.reshape(batch, frames * phases)
