@@ -373,6 +373,8 @@ class _Flow:
             if progress is not None:
                 progress(done, self.total_chunks)
 
+        if progress is not None:  # the whole file's chunk count is known before the first one runs
+            progress(0, self.total_chunks)
         model = self.separator.model_function(self.model_rate)
         mean, scale = self.normalization or (0.0, 1.0)
 

@@ -297,3 +297,19 @@ def test_noise_resampler_is_at_the_requested_snr():
     clean = resample(mix, 8000, flow.model_rate, "conventional")
     snr = 10 * torch.log10(clean.double().pow(2).sum() / (noisy - clean).double().pow(2).sum())
     assert abs(snr.item() - 17.0) < 1e-3
+
+
+def test_progress_counts_the_whole_files_chunks_from_the_start(tmp_path):
+    separator = _separator("htdemucs_package")
+    mix = _signal(8000, 0.9, 2, seed=1)
+    path = tmp_path / "in.wav"
+    _write(path, mix, 8000)
+    calls = []
+    separate_file(path, separator, output=OutputOptions(out=tmp_path / "out"), settings=Settings(seed=0, shifts=2),
+                  progress=lambda done, total: calls.append((done, total)), block_frames=500)
+    total = calls[0][1]
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert all(t == total for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    # two shifted runs over 0.9 s at 44.1 kHz in 13230-sample chunks every 9922 samples
+    assert total > 2 * (0.9 * 44100 // 9922)
