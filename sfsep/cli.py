@@ -911,6 +911,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         code = app(args=args, prog_name="sfsep", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+            raise KeyboardInterrupt
     except SfsepError as exc:
         if debug:
             _stderr().print_exception()

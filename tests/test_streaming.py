@@ -313,3 +313,39 @@ def test_progress_counts_the_whole_files_chunks_from_the_start(tmp_path):
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     # two shifted runs over 0.9 s at 44.1 kHz in 13230-sample chunks every 9922 samples
     assert total > 2 * (0.9 * 44100 // 9922)
+
+
+def test_ctrl_c_during_a_streamed_run_leaves_the_previous_stems_and_no_parts(tmp_path):
+    """SIGINT to `sfsep` while it writes staged stems: exit 130, the 'interrupted' line, no
+    .part file, and the stems of an earlier run (which --overwrite would replace) intact."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    rate = 16000
+    song = tmp_path / "song.wav"
+    _write(song, _signal(rate, 240.0, 2, seed=4), rate)
+    script = Path(sys.executable).with_name("sfsep")
+    out = tmp_path / "out"
+    folder = out / "classic" / "song"
+    folder.mkdir(parents=True)
+    before = {}
+    for name in ("vocals", "drums", "bass", "other"):
+        sf.write(folder / f"{name}.wav", np.full((100, 2), 0.25, dtype=np.float32), rate)
+        before[name] = (folder / f"{name}.wav").read_bytes()
+    env = {**os.environ, "SFSEP_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([str(script), str(song), "--model", "classic", "--out", str(out), "--overwrite"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(".*.part.*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before its stems were staged"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list(folder.glob(".*part*")), list(folder.iterdir())
+    assert {name: (folder / f"{name}.wav").read_bytes() for name in before} == before
