@@ -402,13 +402,14 @@ class _Flow:
 
     def stems(self, progress: ProgressCallback | None = None) -> Iterator[torch.Tensor]:
         """The stems (stem_names, channels of the input, n) at the input rate, block by block."""
-        spec, rate, length = self.separator.spec, self.mixture.rate, self.mixture.length
+        rate, length = self.mixture.rate, self.mixture.length
         names = self.separator.stem_names
         stems: Iterator[torch.Tensor] = self._model_stems(progress)
         residual = self.contract.residual_stem
         if residual:
-            mixture = _Aligned(self.model_rate_blocks())
-            stems = (torch.cat([block, (mixture.take(block.shape[-1]) - block.sum(0))[None]]) for block in stems)
+            at_model_rate = _Aligned(self.model_rate_blocks())
+            stems = (torch.cat([block, (at_model_rate.take(block.shape[-1]) - block.sum(0))[None]])
+                     for block in stems)
         stems = self._checked(stems, len(names))
         if self.model_rate != rate:  # every stem goes back to the input rate in one stream
             down = StreamResampler(cached_conventional_kernel(self.model_rate, rate, torch.float32,
@@ -417,13 +418,12 @@ class _Flow:
         stems = _exact_length(stems, length)
         if self.settings.gate_db is not None:
             gate = GateStream(rate, self.settings.gate_db, length)
-            mixture = _Aligned(_stereo(self.mixture.blocks()))
-            stems = itertools.chain((gate.push(block, mixture.take(block.shape[-1])) for block in stems),
+            at_input_rate = _Aligned(_stereo(self.mixture.blocks()))
+            stems = itertools.chain((gate.push(block, at_input_rate.take(block.shape[-1])) for block in stems),
                                     _lazy(gate.finish))
         for block in stems:
             if block.shape[-1]:
                 yield block.mean(1, keepdim=True) if self.mixture.channels == 1 else block
-        del spec
 
     def _checked(self, stems: Iterator[torch.Tensor], expected: int) -> Iterator[torch.Tensor]:
         for block in stems:

@@ -20,11 +20,14 @@ importing every architecture.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from ..inference import RunContract
 
 # family name -> "module:function" of its builder.
 ARCHITECTURES: dict[str, str] = {

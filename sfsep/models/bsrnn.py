@@ -68,7 +68,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
