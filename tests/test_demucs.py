@@ -1,6 +1,6 @@
 """HT-Demucs and demucs v2 Conv-TasNet: published keys and shapes, parity with the reference
-code on the tiny fixtures (forward and chunked inference), and the bag / shift / normalisation
-helpers of sfsep.models.demucs."""
+code on the tiny fixtures (forward and chunked inference), and the bag and shift helpers of
+sfsep.models.demucs (its mixture normalisation is sfsep.inference's, tested in test_inference)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from sfsep.models.demucs import (
     average_bag,
     build_conv_tasnet,
     build_htdemucs,
-    denormalize,
-    normalize_by_mixture,
 )
 
 from parity import TOLERANCE, load_fixture, load_manifest
@@ -325,25 +323,3 @@ def test_apply_shifts_averages_the_realigned_outputs():
     other = apply_shifts(_position_dependent_run, mix, shifts, max_shift,
                          torch.Generator().manual_seed(6))
     assert not torch.equal(result, other)
-
-
-def test_normalize_by_mixture_round_trip():
-    mix = 0.3 * torch.randn(2, 1000, generator=torch.Generator().manual_seed(0)) + 0.05
-    for eps in (0.0, 1e-8):
-        normalized, mean, scale = normalize_by_mixture(mix, eps=eps)
-        mono = normalized.mean(0)
-        assert abs(mono.mean().item()) < 1e-6
-        assert abs(mono.std().item() - 1) < 1e-5
-        assert abs(mean.item() - mix.mean(0).mean().item()) < 1e-7
-        assert abs(scale.item() - (mix.mean(0).std().item() + eps)) < 1e-7
-        stems = torch.stack([normalized, 2 * normalized])
-        restored = denormalize(stems, mean, scale)
-        assert max_error(restored[0], mix) < 1e-5
-        assert max_error(restored[1], 2 * mix - mean) < 1e-5
-    # Batched tracks (B, C, T) carry one mean and scale per track.
-    batch = torch.stack([mix, 3 * mix])
-    normalized, mean, scale = normalize_by_mixture(batch)
-    assert mean.shape == (2,) and abs(scale[1].item() / scale[0].item() - 3) < 1e-5
-    assert max_error(denormalize(normalized[:, None], mean, scale)[:, 0], batch) < 1e-5
-    silent, _, silent_scale = normalize_by_mixture(torch.zeros(2, 100), eps=0.0)
-    assert torch.isfinite(silent).all() and silent_scale.item() == 1.0

@@ -1,10 +1,13 @@
-"""Chunked inference: chunking must not change what a local model computes."""
+"""Chunked inference: chunking must not change what a local model computes; the mixture
+normalization (one function, gathered whole or block by block) follows each reference's formula."""
 
+import numpy as np
 import pytest
 import torch
 
 from sfsep.errors import UsageError
-from sfsep.inference import demix, fade_plan, resolve_device
+from sfsep.inference import (NORMALIZATIONS, MixtureStatistics, demix, fade_plan, mixture_scale,
+                             normalize_mixture, resolve_device)
 
 
 class SmallConv(torch.nn.Module):
@@ -104,3 +107,153 @@ def test_bf16_autocast_runs_on_cpu():
         whole = model(mix[None])[0]
     assert out.dtype == torch.float32
     assert (out - whole).abs().max() < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Mixture normalization
+
+
+def _oracle(mix: torch.Tensor, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per item of (..., channels, samples), the references' formulas in numpy float64."""
+    mono = mix.numpy().astype(np.float64).mean(axis=-2)
+    scale = mono.std(axis=-1, ddof=0 if kind == "msst" else 1)
+    return mono.mean(axis=-1), scale + (1e-8 if kind == "demucs" else 0.0)
+
+
+def _mean_and_scale(restore, batch_shape=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mean, scale) a restore function applies, read back exactly (float64 stems)."""
+    zeros = torch.zeros(*batch_shape, 1, 1, 1, dtype=torch.float64)
+    mean = restore(zeros)
+    return mean.reshape(batch_shape), (restore(zeros + 1) - mean).reshape(batch_shape)
+
+
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_normalize_mixture_matches_the_reference_formula(kind):
+    generator = torch.Generator().manual_seed(3)
+    mix = 0.2 * torch.randn(2, 50_000, generator=generator) + torch.tensor([[0.05], [-0.01]])
+    normalized, restore = normalize_mixture(mix, kind)
+
+    mean, scale = _oracle(mix, kind)
+    expected = (mix.numpy().astype(np.float64) - mean) / scale
+    assert np.abs(normalized.numpy() - expected).max() < 1e-5
+    assert normalized.dtype == mix.dtype
+    normalized_mono = normalized.double().mean(dim=0)
+    assert abs(normalized_mono.mean().item()) < 1e-6
+    assert abs(normalized_mono.std(correction=0 if kind == "msst" else 1).item() - 1.0) < 1e-5
+
+    # restore() maps stems (..., stems, channels, samples) back: stem * scale + mean.
+    stems = torch.stack([normalized * 0.25, normalized * 0.75])
+    restored = restore(stems)
+    assert restored.shape == stems.shape
+    expected_restored = stems.numpy().astype(np.float64) * scale + mean
+    assert np.abs(restored.numpy() - expected_restored).max() < 1e-6
+    assert (restore(normalized[None])[0] - mix).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_normalize_mixture_scale_per_kind_on_a_short_track(kind):
+    # Seven samples: population and sample std differ by sqrt(7/6), so each kind is told apart.
+    mix = torch.tensor([[0.1, -0.4, 0.3, 0.9, -0.2, 0.05, 0.6],
+                        [0.3, 0.2, -0.5, 0.1, 0.0, -0.3, 0.2]])
+    _, restore = normalize_mixture(mix, kind)
+    mean, scale = _mean_and_scale(restore)
+    expected_mean, expected_scale = _oracle(mix, kind)
+    assert abs(mean.item() - expected_mean) < 1e-7
+    assert abs(scale.item() / expected_scale - 1) < 1e-6
+    population, sample = _oracle(mix, "msst")[1], _oracle(mix, "demucs_v2")[1]
+    assert abs(sample / population - (7 / 6) ** 0.5) < 1e-12
+    assert abs(mixture_scale(kind, float(((mix.double().mean(0) - expected_mean) ** 2).sum()), 7)
+               / expected_scale - 1) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["demucs", "demucs_v2"])
+def test_normalize_mixture_round_trip_and_batches(kind):
+    eps = 1e-8 if kind == "demucs" else 0.0
+    mix = 0.3 * torch.randn(2, 1000, generator=torch.Generator().manual_seed(0)) + 0.05
+    normalized, restore = normalize_mixture(mix, kind)
+    mean, scale = _mean_and_scale(restore)
+    mono = normalized.mean(0)
+    assert abs(mono.mean().item()) < 1e-6
+    assert abs(mono.std().item() - 1) < 1e-5
+    assert abs(mean.item() - mix.mean(0).mean().item()) < 1e-7
+    assert abs(scale.item() - (mix.mean(0).std().item() + eps)) < 1e-7
+    stems = torch.stack([normalized, 2 * normalized])
+    restored = restore(stems)
+    assert (restored[0] - mix).abs().max().item() < 1e-5
+    assert (restored[1] - (2 * mix - mean.float())).abs().max().item() < 1e-5
+
+    # Batched tracks (B, C, T) carry one mean and scale per track.
+    batch = torch.stack([mix, 3 * mix])
+    normalized, restore = normalize_mixture(batch, kind)
+    mean, scale = _mean_and_scale(restore, (2,))
+    assert mean.shape == (2,) and abs(scale[1].item() / scale[0].item() - 3) < 1e-5
+    assert (restore(normalized[:, None])[:, 0] - batch).abs().max().item() < 1e-5
+    alone, _ = normalize_mixture(3 * mix, kind)
+    assert (normalized[1] - alone).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_normalize_mixture_silent_track_stays_finite(kind):
+    # demucs v4 keeps its + 1e-8 (the scale is then 1e-8 and the normalized track 0); the
+    # others would divide by zero and use scale 1 instead.
+    silent_scale = torch.tensor(1e-8).item() if kind == "demucs" else 1.0
+    for mix in (torch.full((2, 1000), 0.25), torch.zeros(2, 100)):
+        normalized, restore = normalize_mixture(mix, kind)
+        assert torch.isfinite(normalized).all()
+        assert _mean_and_scale(restore)[1].item() == silent_scale
+        assert (restore(normalized[None])[0] - mix).abs().max().item() < 1e-7
+
+
+@pytest.mark.filterwarnings("ignore:std\\(\\)")  # torch warns that one sample has no sample std
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_normalize_mixture_one_sample_stays_finite(kind):
+    # The sample std of one sample is NaN (and the population std 0): scale 1 for every kind.
+    normalized, restore = normalize_mixture(torch.tensor([[0.5], [0.1]]), kind)
+    assert torch.isfinite(normalized).all()
+    assert _mean_and_scale(restore)[1].item() == 1.0
+    statistics = MixtureStatistics()
+    statistics.update(torch.tensor([[0.5], [0.1]]))
+    assert statistics.normalization(kind)[1] == 1.0
+
+
+def test_normalize_mixture_bad_arguments_are_usage_errors():
+    with pytest.raises(UsageError, match="channels, samples"):
+        normalize_mixture(torch.zeros(10), "msst")
+    for call in (lambda: normalize_mixture(torch.zeros(2, 10), "std"), lambda: mixture_scale("std", 1.0, 10),
+                 lambda: MixtureStatistics().normalization("std")):
+        with pytest.raises(UsageError, match="unknown normalization 'std'"):
+            call()
+
+
+def test_normalize_mixture_is_differentiable():
+    mix = torch.randn(3, 2, 500, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    normalized, restore = normalize_mixture(mix, "demucs")
+    restore(torch.tanh(normalized)[:, None]).pow(2).sum().backward()
+    assert mix.grad is not None and torch.isfinite(mix.grad).all() and mix.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_mixture_statistics_in_uneven_blocks_equal_the_whole(kind):
+    generator = torch.Generator().manual_seed(7)
+    mix = 0.3 * torch.randn(2, 100_003, generator=generator) + torch.tensor([[0.1], [0.02]])
+    _, restore = normalize_mixture(mix.double(), kind)
+    whole_mean, whole_scale = (value.item() for value in _mean_and_scale(restore))
+    results = []
+    for sizes in ([1, 999, 0, 30_000, 40_000, 29_003], [100_003], [77_777, 22_226]):
+        statistics = MixtureStatistics()
+        for block in torch.split(mix, sizes, dim=1):
+            statistics.update(block)
+        assert statistics.count == mix.shape[1]
+        mean, scale = statistics.normalization(kind)
+        assert abs(mean / whole_mean - 1) < 1e-7
+        assert abs(scale / whole_scale - 1) < 1e-7
+        results.append((mean, scale))
+    # The float32 whole-track computation agrees too, to float32 accuracy.
+    _, restore32 = normalize_mixture(mix, kind)
+    mean32, scale32 = (value.item() for value in _mean_and_scale(restore32))
+    assert abs(mean32 / results[0][0] - 1) < 1e-5 and abs(scale32 / results[0][1] - 1) < 1e-6
+    # A silent stream gets the same scale as normalize_mixture gives a silent track.
+    statistics = MixtureStatistics()
+    for block in torch.split(torch.full((2, 1000), 0.25), [10, 990], dim=1):
+        statistics.update(block)
+    assert statistics.normalization(kind) == (0.25, 1e-8 if kind == "demucs" else 1.0)

@@ -1,15 +1,16 @@
-"""SCNet: published key layout, parity with MSST on the tiny fixture, and the whole-track
-normalisation of the SCNet-small config."""
+"""SCNet: published key layout, parity with MSST on the tiny fixture, and which published
+configs ask for whole-track normalisation (done by sfsep.inference.normalize_mixture, tested in
+test_inference)."""
 
 from __future__ import annotations
 
 
-import numpy as np
 import pytest
 import torch
 
 from sfsep.errors import ModelError
 from sfsep.models import scnet
+from sfsep.registry import get_spec, spec_from_config
 
 from parity import (
     TOLERANCE,
@@ -76,39 +77,10 @@ def test_build_rejects_bad_configs(tiny):
         scnet.build({"audio": {}})
 
 
-def test_normalize_mixture_matches_msst_formula():
-    generator = torch.Generator().manual_seed(3)
-    mix = 0.2 * torch.randn(2, 50_000, generator=generator) + torch.tensor([[0.05], [-0.01]])
-    normalized, restore = scnet.normalize_mixture(mix)
-
-    # Independent oracle: the MSST formula written with numpy (population std).
-    array = mix.numpy().astype(np.float64)
-    mono = array.mean(axis=0)
-    expected = (array - mono.mean()) / mono.std()
-    assert np.abs(normalized.numpy() - expected).max() < 1e-5
-    assert normalized.dtype == mix.dtype
-    normalized_mono = normalized.double().mean(dim=0)
-    assert abs(normalized_mono.mean().item()) < 1e-6
-    assert abs(normalized_mono.std(correction=0).item() - 1.0) < 1e-5
-
-    # restore() maps stems (any leading axes) back: est * std + mean.
-    stems = torch.stack([normalized * 0.25, normalized * 0.75])
-    restored = restore(stems)
-    assert restored.shape == stems.shape
-    expected_restored = stems.numpy().astype(np.float64) * mono.std() + mono.mean()
-    assert np.abs(restored.numpy() - expected_restored).max() < 1e-6
-    assert (restore(normalized) - mix).abs().max().item() < 1e-5
-
-
-def test_normalize_mixture_silent_track_stays_finite():
-    mix = torch.full((2, 1000), 0.25)
-    normalized, restore = scnet.normalize_mixture(mix)
-    assert torch.isfinite(normalized).all()
-    assert (restore(normalized) - mix).abs().max().item() < 1e-7
-    with pytest.raises(ModelError):
-        scnet.normalize_mixture(torch.zeros(1, 2, 10))
-
-
-def test_wants_normalization_follows_published_configs():
-    assert scnet.wants_normalization(load_manifest("scnet")["config"]) is True
-    assert scnet.wants_normalization(load_manifest("scnet_large")["config"]) is False
+@pytest.mark.parametrize("name,kind", [("scnet", "msst"), ("scnet_large", None)])
+def test_normalization_follows_published_configs(name, kind):
+    # The MSST config's inference.normalize, read as a user's --config and as models.toml says it.
+    config = load_manifest(name)["config"]
+    assert bool(config["inference"].get("normalize", False)) is (kind is not None)
+    assert spec_from_config(config, name=name, base=get_spec(name)).normalize == kind
+    assert get_spec(name).normalize == kind

@@ -1,15 +1,19 @@
-"""The demucs family: builders, bags of models, the shift trick and mixture normalisation.
+"""The demucs family: builders, bags of models, the shift trick and the run-time contract.
 
 Owns the entry points the model table points at (`build_htdemucs`, `build_conv_tasnet`; the
-networks live in `htdemucs.py` and `tasnet.py`) and the three things demucs does around its
-networks at inference time, written so that any chunking function can sit in the middle:
+networks live in `htdemucs.py` and `tasnet.py`) and what demucs does around its networks at
+inference time, written so that any chunking function can sit in the middle:
 
 - `average_bag`: a "bag" (e.g. `htdemucs_ft`, four fine-tuned HT-Demucs) is run model by model
   and the estimates are averaged source by source with per-model, per-source weights.
 - `apply_shifts`: demucs' `--shifts`: run the model on copies of the mixture delayed by random
   amounts (up to `max_shift` samples, zero-padded) and average the realigned outputs.
-- `normalize_by_mixture` / `denormalize`: demucs standardises the whole track by the mean and
-  standard deviation of its mono mix before separation and undoes it on the stems afterwards.
+- `run_contract`: how a loaded model is run (the segment and valid length a demucs package
+  carries win over models.toml).
+
+demucs' standardisation of the whole track by its mono mix (v4: sample std + 1e-8, v2: sample
+std) is `sfsep.inference.normalize_mixture` with kind "demucs" / "demucs_v2", like every other
+family's.
 """
 
 from __future__ import annotations
@@ -30,9 +34,7 @@ __all__ = [
     "build_conv_tasnet",
     "build_htdemucs",
     "conv_tasnet_kwargs",
-    "denormalize",
     "htdemucs_kwargs",
-    "normalize_by_mixture",
 ]
 
 
@@ -101,27 +103,6 @@ def apply_shifts(run: Callable[[torch.Tensor], torch.Tensor], mix: torch.Tensor,
         total = estimate if total is None else total + estimate
     assert total is not None
     return total / shifts
-
-
-def normalize_by_mixture(mix: torch.Tensor, eps: float = 1e-8
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Standardise a track (channels, samples) by its mono mix, as demucs does before separating.
-
-    Returns (normalised mix, mean, scale): mean is the mean of mix.mean(channels) and scale its
-    unbiased standard deviation plus `eps`. demucs v4 (api.py, used by its CLI) adds 1e-8, the
-    default here; demucs v2's separate.py (tasnet, tasnet_extra) adds nothing: pass eps=0. A
-    silent track with eps=0 is left unscaled (scale 1) instead of turning into NaNs.
-    """
-    mono = mix.mean(dim=-2)
-    mean = mono.mean(dim=-1)
-    scale = mono.std(dim=-1) + eps
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (mix - mean[..., None, None]) / scale[..., None, None], mean, scale
-
-
-def denormalize(stems: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Undo `normalize_by_mixture` on stems (..., sources, channels, samples)."""
-    return stems * scale[..., None, None, None] + mean[..., None, None, None]
 
 
 def run_contract(spec, module):

@@ -1,13 +1,14 @@
-"""SCNet (sparse compression network), as published through ZFTurbo's MSST, and its
-whole-track mixture normalisation.
+"""SCNet (sparse compression network), as published through ZFTurbo's MSST.
 
 Owns:
 - `build(config)`: the SCNet module from a whole MSST config (`model` section = the
   constructor arguments; missing keys take the reference constructor's defaults).
 - `SCNet`: waveform (batch, channels, samples) -> stems (batch, stems, channels, samples).
   Its state_dict has the keys and shapes of the published checkpoints (strict load).
-- `normalize_mixture(mix)`: the `inference.normalize` step of the MSST SCNet-small config,
-  which runs on the whole track *before* chunked inference and is undone on the stems.
+
+The `inference.normalize` step of the MSST SCNet-small config (the whole track standardised by
+its mono mix, population std, before chunking, undone on the stems) is not part of the module:
+models.toml says `normalize = "msst"` and `sfsep.inference.normalize_mixture` does it.
 
 Architecture (paper: arXiv 2401.13276), as the reference computes it:
 
@@ -35,7 +36,7 @@ Architecture (paper: arXiv 2401.13276), as the reference computes it:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -407,41 +408,3 @@ def build(config: dict[str, Any]) -> SCNet:
             f"(known: {', '.join(sorted(MODEL_DEFAULTS))}); is this an scnet_masked/scnet_tran config?"
         )
     return SCNet(**{**MODEL_DEFAULTS, **section})
-
-
-# ----------------------------------------------------------------------------------------
-# Whole-track normalisation (pipeline step, not part of the module)
-
-
-def wants_normalization(config: dict[str, Any]) -> bool:
-    """True when an MSST config asks for whole-track normalisation (`inference.normalize`)."""
-    return bool((config.get("inference") or {}).get("normalize", False))
-
-
-def normalize_mixture(
-    mix: torch.Tensor,
-) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Standardise a whole track by its mono mixture; return it and the inverse for stems.
-
-    MSST's `inference.normalize` (SCNet small): with `mono = mix.mean(channels)`,
-    `normalized = (mix - mean(mono)) / std(mono)` (population std, ddof 0) over the whole
-    track, *before* chunking; every separated stem is mapped back with `stem * std + mean`.
-
-    `mix` is (channels, samples). The statistics are computed in float64 for accuracy. A
-    silent (constant) track has std 0; we then divide by 1 instead of producing NaNs (the
-    reference would divide by zero).
-    """
-    if mix.dim() != 2:
-        raise ModelError(f"normalize_mixture expects (channels, samples), got {tuple(mix.shape)}")
-    mono = mix.double().mean(dim=0)
-    mean = mono.mean()
-    std = mono.std(correction=0)
-    if not torch.isfinite(std) or std <= 0:
-        std = torch.ones_like(std)
-    mean_value = mean.to(mix.dtype)
-    std_value = std.to(mix.dtype)
-
-    def restore(stems: torch.Tensor) -> torch.Tensor:
-        return stems * std_value.to(stems.device, stems.dtype) + mean_value.to(stems.device, stems.dtype)
-
-    return (mix - mean_value) / std_value, restore
