@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from .errors import ModelError, UsageError
+from .inference import NORMALIZATIONS, STYLES
 
 DEFAULT_MODEL = "htdemucs"
 """The model `sfsep FILE` uses when --model is not given: demucs' own default, what its users
@@ -69,7 +70,7 @@ class ModelSpec:
     num_overlap: int | None = None  # MSST's count of chunks covering each sample ("msst", "msst_demucs")
     chunk_style: str = "fade"
     batch_size: int = 1
-    normalize: str | None = None  # None, or how: "msst" (population std), "demucs" (std + 1e-8), "demucs_v2" (std)
+    normalize: str | None = None  # None, or how (inference.normalize_mixture): "msst", "demucs", "demucs_v2"
     description: str = ""
     license: str = ""
     citation: str = ""
@@ -77,7 +78,6 @@ class ModelSpec:
     weights: tuple[WeightsSource, ...] = ()  # one per checkpoint (a bag has several)
     residual_stem: str | None = None  # a stem computed as the mixture minus the model's stems
     bag_weights: tuple[tuple[float, ...], ...] | None = None  # per checkpoint, per stem (demucs' bags)
-    padded_length: int | None = None  # style "demucs": the model's valid length (samples per chunk window)
     params: int | None = None  # parameter count of the published config (for size estimates)
     half_precision: bool = False  # the checkpoint stores float16 tensors (for size estimates)
     config_source: str = ""  # where the architecture config was taken from
@@ -119,9 +119,8 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
     return tuple(sources)
 
 
-NORMALIZATIONS = ("msst", "demucs", "demucs_v2")
-CHUNK_STYLES = ("msst", "msst_demucs", "demucs", "fade", "bsrnn")
-"""sfsep.inference's styles, plus "bsrnn": BSRNN's own reference separator."""
+CHUNK_STYLES = STYLES
+"""sfsep.inference's chunking styles ("bsrnn": BSRNN's reference separator, run by its executor)."""
 COUNT_STYLES = ("msst", "msst_demucs")
 """Styles whose overlap is MSST's `num_overlap`: how many chunks cover each sample."""
 FRACTION_STYLES = ("demucs", "fade")
@@ -246,7 +245,6 @@ def spec_from_table(name: str, table: dict[str, Any]) -> ModelSpec:
         weights=weights,
         residual_stem=_optional(name, table, "residual_stem", str, "a stem name"),
         bag_weights=bag_weights,
-        padded_length=_optional(name, table, "padded_length", int, "a number of samples"),
         params=_optional(name, table, "params", int, "an integer parameter count"),
         half_precision=bool(_optional(name, table, "half_precision", bool, "true or false")),
         config_source=_optional(name, table, "config_source", str, "a string") or "",

@@ -46,6 +46,7 @@ import soundfile
 import torch
 
 from .errors import DatasetError, UsageError
+from .inference import normalize_mixture
 from .resample import apply_kernel, resample
 from .resample.trainable import (
     TrainableKernel,
@@ -166,7 +167,7 @@ def separate_function(modules: Sequence[torch.nn.Module], *, normalize: str | No
     `predicted` are the module's stems in order; `residual` (optional) the name of the mixture
     minus them; `wanted` the stems to return, in that order. With `normalize` ("msst",
     "demucs" or "demucs_v2") each item is standardised by its mono mixture first and the stems
-    mapped back, as the pipeline does for the whole track.
+    mapped back (`sfsep.inference.normalize_mixture`), as the pipeline does for the whole track.
     """
     names = list(predicted) + ([residual] if residual else [])
     missing = [name for name in wanted if name not in names]
@@ -179,19 +180,13 @@ def separate_function(modules: Sequence[torch.nn.Module], *, normalize: str | No
             parameter.requires_grad_(False)
 
     def run(mixture: torch.Tensor) -> torch.Tensor:
-        model_input, mean, scale = mixture, None, None
+        model_input, restore = mixture, None
         if normalize:
-            mono = mixture.mean(dim=1)
-            mean = mono.mean(dim=-1)
-            scale = mono.std(dim=-1, unbiased=normalize != "msst")
-            if normalize == "demucs":
-                scale = scale + 1e-8
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            model_input = (mixture - mean[:, None, None]) / scale[:, None, None]
+            model_input, restore = normalize_mixture(mixture, normalize)
         outputs = [module(model_input) for module in modules]
         stems = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
-        if normalize:
-            stems = stems * scale[:, None, None, None] + mean[:, None, None, None]
+        if restore is not None:
+            stems = restore(stems)
         if residual:
             stems = torch.cat([stems, (mixture - stems.sum(1))[:, None]], dim=1)
         return stems[:, order]
@@ -371,14 +366,17 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
     if settings.rate >= trained_rate:
         raise UsageError(f"--rate {settings.rate}: the kernel upsamples inputs below the model's {trained_rate} Hz; "
                          f"use a lower rate (e.g. 8000)")
+    # The loaded model's contract, not models.toml: a demucs package carries its own segment and
+    # valid length (models.toml's chunk_size is only a fallback for it).
+    contract = separator.contract(trained_rate)
     if settings.segment_seconds is not None:
         model_length = max(1, round(settings.segment_seconds * trained_rate))
-    elif spec.chunk_size:
-        model_length = int(spec.chunk_size)
+    elif contract.segment:
+        model_length = int(contract.segment)
     else:
         model_length = 4 * trained_rate
-    padded_length = spec.padded_length
-    if padded_length and model_length > padded_length:
+    padded_length = contract.padded_length
+    if padded_length is not None and model_length > padded_length:
         raise UsageError(f"--segment-seconds: model '{spec.name}' takes at most {padded_length / trained_rate:.2f} s")
     residual = spec.residual_stem
     names = list(spec.stems) + ([residual] if residual else [])
@@ -386,7 +384,7 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
     if not wanted:
         raise UsageError(f"--model {spec.name}: none of its stems ({', '.join(names)}) is a MUSDB source "
                          f"({', '.join(SOURCES)}), so there is nothing to compare with")
-    separate_fn = separate_function(separator.modules(trained_rate), normalize=spec.normalize,
+    separate_fn = separate_function(separator.modules(trained_rate), normalize=contract.normalize,
                                     predicted=spec.stems, residual=residual, wanted=wanted)
     low_length = low_rate_length(model_length, settings.rate, trained_rate)
     train = MusdbSegments(list_tracks(musdb, "train"), settings.rate, low_length, wanted)

@@ -152,7 +152,6 @@ def test_family_settings_are_typed_fields(tmp_path):
 family = "htdemucs"
 stems = ["drums", "vocals"]
 chunk_style = "demucs"
-padded_length = 1000
 params = 12345
 half_precision = true
 config_source = "made up for this test"
@@ -186,21 +185,22 @@ chunk_style = "bsrnn"
 """)
     models = reg.load_registry(path)
     bag = models["bag"]
-    assert (bag.padded_length, bag.params, bag.half_precision) == (1000, 12345, True)
+    assert (bag.params, bag.half_precision) == (12345, True)
     assert bag.config_source == "made up for this test"
     assert bag.bag_weights == ((1.0, 0.0), (0.5, 1.0))
     assert all(isinstance(value, float) for row in bag.bag_weights for value in row)
     assert (bag.overlap, bag.num_overlap, bag.residual_stem) == (0.25, None, None)
     assert not hasattr(bag, "extra")
+    assert not hasattr(bag, "padded_length")  # the loaded demucs package says its valid length
     voice = models["voice"]
     assert (voice.overlap, voice.num_overlap, voice.residual_stem) == (None, 4, "other")
-    assert (voice.padded_length, voice.params, voice.half_precision, voice.config_source) == (None, None, False, "")
+    assert (voice.params, voice.half_precision, voice.config_source) == (None, False, "")
     assert (voice.bag_weights, models["voice_default"].num_overlap) == (None, reg.DEFAULT_NUM_OVERLAP)
     assert models["voice_default"].overlap is None
     assert (models["plain"].overlap, models["plain"].num_overlap) == (0.0, None)
     assert (models["rnn"].overlap, models["rnn"].num_overlap) == (None, None)
     htdemucs = reg.get_spec("htdemucs")
-    assert (htdemucs.padded_length, htdemucs.params, htdemucs.half_precision) == (343980, 41984456, True)
+    assert (htdemucs.chunk_size, htdemucs.params, htdemucs.half_precision) == (343980, 41984456, True)
     assert htdemucs.config_source.startswith("reconstructed from demucs")
 
 
@@ -220,11 +220,12 @@ chunk_style = "bsrnn"
     ('overlapp = 0.5', r"unknown key overlapp \(known: .*num_overlap.*residual_stem"),
     ('extra = {residual_stem = "other"}', r"unknown key extra"),
     ('foo = 1\nbar = 2', r"unknown keys bar, foo"),
+    ('padded_length = 343980', r"unknown key padded_length"),  # a demucs package carries it
     # typed fields
     ('residual_stem = 1', r"residual_stem must be a stem name"),
     ('half_precision = "yes"', r"half_precision must be true or false"),
-    ('padded_length = 1.5', r"padded_length must be a number of samples"),
     ('params = true', r"params must be an integer"),
+    ('params = 1.5', r"params must be an integer"),
     ('bag_weights = [1.0]', r"bag_weights must be one list of numbers per checkpoint"),
     ('bag_weights = [[1.0, 0.0]]', r"bag_weights must be 0 rows .* of 1 numbers"),
 ])

@@ -16,7 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from sfsep.errors import ResampleError
+from sfsep.errors import DatasetError, ResampleError, UsageError
+from sfsep.inference import RunContract
 from sfsep.evaluate.musdb import list_tracks
 from sfsep.pipeline import Separator, separate
 from sfsep.registry import ModelSpec
@@ -246,6 +247,25 @@ def test_train_kernel_on_a_musdb_folder_saves_and_the_pipeline_uses_it(monkeypat
     mix, stems = segments.fixed_batches(1, 4)[0]
     assert mix.shape == (1, 2, LOW_LENGTH) and stems.shape == (1, 2, 2, LOW_LENGTH)
     assert torch.allclose(mix, stems[:, 0], atol=1e-6) and stems[:, 1].abs().max() == 0
+
+
+def test_segment_length_follows_the_loaded_models_contract(tmp_path):
+    """The segment and its bound come from the loaded model (a demucs package says its own),
+    not from models.toml: here the spec's chunk_size (a fallback) is longer than the model takes."""
+    contract = RunContract(style="demucs", segment=MODEL_LENGTH // 2, overlap=0.25, padded_length=MODEL_LENGTH)
+    spec = ModelSpec(name="tiny-gate", family="classic", stems=("vocals", "other"), trained_rate=TRAINED_RATE,
+                     chunk_size=4 * MODEL_LENGTH, chunk_style="demucs")
+    separator = Separator(spec, device="cpu", modules=[HighBandGate()], contract=contract)
+    too_long = TrainSettings(rate=INPUT_RATE, segment_seconds=(MODEL_LENGTH + 1) / TRAINED_RATE)
+    with pytest.raises(UsageError, match=f"--segment-seconds: model 'tiny-gate' takes at most "
+                                         f"{MODEL_LENGTH / TRAINED_RATE:.2f} s"):
+        train_kernel_for_model(separator, tmp_path, too_long)
+    # The contract's segment (not chunk_size) is the default, and the full valid length is allowed:
+    # both get past the check to the (empty) dataset folder.
+    for settings in (TrainSettings(rate=INPUT_RATE), TrainSettings(rate=INPUT_RATE,
+                                                                   segment_seconds=MODEL_LENGTH / TRAINED_RATE)):
+        with pytest.raises(DatasetError):
+            train_kernel_for_model(separator, tmp_path, settings)
 
 
 def _tiny_scnet(shared, tmp_path):
