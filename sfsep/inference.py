@@ -42,11 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .registry import CHUNK_STYLES as STYLES
+from .registry import NORMALIZATIONS
 
 ProgressCallback = Callable[[int, int], None]
 """Called as progress(chunks_done, chunks_total) after each batch."""
 
-STYLES = ("msst", "msst_demucs", "demucs", "fade", "bsrnn")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -167,8 +168,6 @@ def check_contract(contract: RunContract) -> None:
 #   "demucs_v2" (demucs v2 separate.py, Conv-TasNet): scale = sample std (ddof 1).
 # A silent (constant) track has scale 0 and is left unscaled (scale 1) instead of turning into
 # NaNs. The statistics are gathered in float64, over blocks for a streamed file.
-
-NORMALIZATIONS = ("msst", "demucs", "demucs_v2")
 
 
 def mixture_scale(kind: str, variance_sum: float, count: int) -> float:

@@ -23,7 +23,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from .errors import ModelError, UsageError
-from .inference import NORMALIZATIONS, STYLES
 
 DEFAULT_MODEL = "htdemucs"
 """The model `sfsep FILE` uses when --model is not given: demucs' own default, what its users
@@ -119,8 +118,12 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
     return tuple(sources)
 
 
-CHUNK_STYLES = STYLES
-"""sfsep.inference's chunking styles ("bsrnn": BSRNN's reference separator, run by its executor)."""
+CHUNK_STYLES = ("msst", "msst_demucs", "demucs", "fade", "bsrnn")
+"""sfsep.inference's chunking styles ("bsrnn": BSRNN's reference separator, run by its executor).
+Defined here, not in inference.py, so that reading the registry (`sfsep models`, `--help`) does
+not import torch; inference.py takes them from here."""
+NORMALIZATIONS = ("msst", "demucs", "demucs_v2")
+"""How a reference standardizes the mixture (sfsep.inference.normalize_mixture says each formula)."""
 COUNT_STYLES = ("msst", "msst_demucs")
 """Styles whose overlap is MSST's `num_overlap`: how many chunks cover each sample."""
 FRACTION_STYLES = ("demucs", "fade")

@@ -90,3 +90,13 @@ def test_demucs_package_contract_and_normalized_output(run_cli, tmp_path):
                              style="demucs", padded_length=params["segment_length"]))
     for index, name in enumerate(["drums", "bass", "other", "vocals"]):
         assert (stems[name] - expected[index]).abs().max().item() < TOLERANCE
+
+
+def test_reading_the_registry_does_not_import_torch():
+    """`sfsep models` and `--help` stay quick: the CLI and the registry import no torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, sfsep.cli, sfsep.registry; sfsep.registry.registry(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
