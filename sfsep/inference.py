@@ -644,50 +644,53 @@ def run_chunks(
     result_start = 0
     emitted = plan.crop  # next virtual sample to hand out
     stop = plan.crop + length
-    with torch.inference_mode(), autocast_context(device, precision):
-        for group in groups:
-            window.ensure(max(needed[i][1] for i in group))
-            inputs = []
-            for i in group:
-                part = _read_virtual(plan, window, *plan.input_span(chunks[i]))
-                inputs.append(plan.model_input(chunks[i], part))
+    for group in groups:
+        window.ensure(max(needed[i][1] for i in group))
+        inputs = []
+        for i in group:
+            part = _read_virtual(plan, window, *plan.input_span(chunks[i]))
+            inputs.append(plan.model_input(chunks[i], part))
+        # Inference mode only around the model: this is a generator, and a mode entered around
+        # its `yield` would stay on in the caller while the generator waits.
+        with torch.inference_mode(), autocast_context(device, precision):
             out = model(torch.stack(inputs).to(device))
             if out.dim() == 3:  # a model that returns one stem without a stem axis
                 out = out.unsqueeze(1)
             out = out.float().cpu()
-            for j, i in enumerate(group):
-                chunk = chunks[i]
-                piece = plan.crop_output(out[j], chunk)
-                w = plan.weight(i, chunk, group, len(chunks))
-                end = chunk.start + chunk.length
-                if result is None:
-                    result = torch.zeros(*piece.shape[:-1], 0)
-                    weight_sum = torch.zeros(0)
-                    result_start = chunk.start
-                grow = end - (result_start + result.shape[-1])
-                if grow > 0:
-                    result = F.pad(result, (0, grow))
-                    weight_sum = F.pad(weight_sum, (0, grow))
-                span = slice(chunk.start - result_start, end - result_start)
-                result[..., span] += piece * w
-                weight_sum[span] += w
-            if on_chunks is not None:
-                on_chunks(len(group))
-            final = chunks[group[-1] + 1].start if group[-1] + 1 < len(chunks) else plan.virtual_length
-            final = min(final, stop)
-            if final > emitted:
-                part = result[..., emitted - result_start : final - result_start]
-                if plan.divide:
-                    part = part / weight_sum[emitted - result_start : final - result_start]
-                    if plan.nan_to_zero:
-                        part = torch.nan_to_num(part, nan=0.0)
-                yield part
-                emitted = final
-            drop = max(0, min(emitted, final) - result_start)
-            if drop:
-                result, weight_sum = result[..., drop:], weight_sum[drop:]
-                result_start += drop
-            window.drop_before(keep_from[group[-1] + 1])
+        out = out.clone() if out.is_inference() else out  # an ordinary tensor for the sums below
+        for j, i in enumerate(group):
+            chunk = chunks[i]
+            piece = plan.crop_output(out[j], chunk)
+            w = plan.weight(i, chunk, group, len(chunks))
+            end = chunk.start + chunk.length
+            if result is None:
+                result = torch.zeros(*piece.shape[:-1], 0)
+                weight_sum = torch.zeros(0)
+                result_start = chunk.start
+            grow = end - (result_start + result.shape[-1])
+            if grow > 0:
+                result = F.pad(result, (0, grow))
+                weight_sum = F.pad(weight_sum, (0, grow))
+            span = slice(chunk.start - result_start, end - result_start)
+            result[..., span] += piece * w
+            weight_sum[span] += w
+        if on_chunks is not None:
+            on_chunks(len(group))
+        final = chunks[group[-1] + 1].start if group[-1] + 1 < len(chunks) else plan.virtual_length
+        final = min(final, stop)
+        if final > emitted:
+            part = result[..., emitted - result_start : final - result_start]
+            if plan.divide:
+                part = part / weight_sum[emitted - result_start : final - result_start]
+                if plan.nan_to_zero:
+                    part = torch.nan_to_num(part, nan=0.0)
+            yield part
+            emitted = final
+        drop = max(0, min(emitted, final) - result_start)
+        if drop:
+            result, weight_sum = result[..., drop:], weight_sum[drop:]
+            result_start += drop
+        window.drop_before(keep_from[group[-1] + 1])
     if emitted < stop:  # samples no chunk covered (cannot happen with the plans above)
         raise RuntimeError(f"chunk plan left samples {emitted}..{stop} uncovered")
 

@@ -349,3 +349,15 @@ def test_ctrl_c_during_a_streamed_run_leaves_the_previous_stems_and_no_parts(tmp
     assert "interrupted" in err and "Traceback" not in err
     assert not list(folder.glob(".*part*")), list(folder.iterdir())
     assert {name: (folder / f"{name}.wav").read_bytes() for name in before} == before
+
+
+def test_a_paused_stream_leaves_the_callers_autograd_alone():
+    """The executor is a generator: while it waits at a block, the caller is not in inference
+    mode (a mode entered around its yield leaked into the caller and broke later training)."""
+    stream = run_chunks(_Conv().eval(), [torch.randn(2, 5000)], 5000, CONTRACTS[0], device=torch.device("cpu"))
+    first = next(stream)
+    assert not torch.is_inference_mode_enabled()
+    assert not first.is_inference()
+    weight = torch.ones(1, requires_grad=True)
+    assert (weight * 2).requires_grad
+    stream.close()
