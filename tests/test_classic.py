@@ -215,7 +215,7 @@ def test_repet_window_limits_where_similar_frames_come_from():
     """Frame 50 repeats only in frames 300-599 (3.5 s away): the whole-input search finds
     those copies, a 2-s window cannot."""
     generator = torch.Generator().manual_seed(5)
-    model = build_classic({"sample_rate": 16000})
+    model = build_classic({"sample_rate": 16000, "repet_window_seconds": 0.0})
     bins = model.spectral.n_fft // 2 + 1
     patterns = torch.rand(bins, 6, generator=generator) + 0.1
     index = torch.arange(600) % 5
@@ -257,12 +257,13 @@ def test_dtype_device_batch_and_mono(family, dtype):
     assert torch.allclose(alone.float(), stems[1:].float(), atol=1e-5 if dtype != torch.bfloat16 else 1e-2)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_block_size_does_not_change_the_result(family):
-    """Segmented STFT/iSTFT, tiled medians and blocked similarity equal whole-signal work."""
+@pytest.mark.parametrize("family,config", [("classic", {}), ("classic", {"repet_window_seconds": 0.0}), ("nmf", {})])
+def test_block_size_does_not_change_the_result(family, config):
+    """Segmented STFT/iSTFT, tiled medians and blocked similarity (windowed or whole-input)
+    equal whole-signal work."""
     _, mix = _cached_mix(16000)
-    whole = build_model(family, {"sample_rate": 16000, "block_megabytes": 1e5})(mix[None])
-    pieces = build_model(family, {"sample_rate": 16000, "block_megabytes": 0.5})(mix[None])
+    whole = build_model(family, {"sample_rate": 16000, "block_megabytes": 1e5, **config})(mix[None])
+    pieces = build_model(family, {"sample_rate": 16000, "block_megabytes": 0.5, **config})(mix[None])
     assert torch.allclose(whole, pieces, atol=1e-6)
 
 
@@ -314,6 +315,92 @@ def test_config_errors_name_the_problem():
         build_classic({"sample_rate": 44100})(torch.zeros(2, 100))
 
 
+# ----------------------------------------------------------------------------- run contract
+
+
+def _sdr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return 10 * math.log10(reference.double().pow(2).sum().item() / (reference - estimate).double().pow(2).sum().item())
+
+
+def test_classic_chunked_run_equals_the_whole_signal():
+    """inference.demix with the hint ("fade") on an input several segments long. The
+    overlap's zero-weight quarter covers the receptive field of the default bounded window,
+    and chunks start on the whole signal's STFT frames (whole numbers of hops apart), so
+    every sample weighted by such a chunk equals the whole-signal output to float rounding
+    (measured 6e-8; 1e-5 allowed). fade_plan ends the last chunk at the end of the signal,
+    here half a hop off the frames: the stretch that only the last chunk counts is then an
+    equally valid separation on shifted frames, close to the whole-signal one (measured
+    29 dB; 20 dB required). Were the end a whole number of hops away, it would be exact too."""
+    from sfsep.inference import demix, fade_plan
+
+    rate = 4000
+    model = build_classic({"sample_rate": rate})
+    segment, overlap = model.run_contract_hint()
+    spectral, hop = model.spectral, model.spectral.hop
+    margin = round(overlap * segment) // 4  # fade's zero-weight quarter of the overlap
+    assert 0 < model.repet_window and margin >= spectral.n_fft + (model.repet_window + model.harmonic_kernel // 2) * hop
+    assert segment % hop == 0 and (segment - round(overlap * segment)) % hop == 0
+    _, mix = stereo_mix(rate, 3.3 * segment / rate)
+    length = mix.shape[-1] - (mix.shape[-1] - segment) % hop - hop // 2
+    mix = mix[:, :length]
+    starts = fade_plan(length, segment, overlap)
+    assert len(starts) >= 4 and all(start % hop == 0 for start in starts[:-1]) and starts[-1] % hop
+    whole = model(mix[None])[0]
+    chunked = demix(model, mix, chunk_size=segment, overlap=overlap, style="fade")
+    exact_until = starts[-1] + margin  # where the last chunk's weight starts
+    error = (chunked - whole)[..., :exact_until].abs().max().item()
+    tail = _sdr_db(whole[..., exact_until:], chunked[..., exact_until:])
+    print(f"starts {starts}: max error {error:.1e} before {exact_until}, SDR {tail:.1f} dB after")
+    assert error < 1e-5
+    assert tail > 20.0
+
+
+def test_nmf_chunked_run_stays_close_to_the_whole_signal():
+    """NMF's hint lays chunks on its factorisation blocks (here 3-s blocks to keep the test
+    short: 9-s chunks, 3-s overlap): before the last chunk every weighted sample comes from
+    a block that the whole-signal run factorises too; only the chunk's outer frames see
+    zeros instead of neighbouring audio, so the result stays close (measured 24 dB; 15 dB required)."""
+    from sfsep.inference import demix, fade_plan
+
+    rate = 4000
+    model = build_nmf({"sample_rate": rate, "nmf_block_seconds": 3.0})
+    segment, overlap = model.run_contract_hint()
+    block = model.block_frames * model.spectral.hop
+    assert segment % block == 0 and segment > block and round(overlap * segment) == block
+    _, mix = stereo_mix(rate, 3.3 * segment / rate)
+    starts = fade_plan(mix.shape[-1], segment, overlap)
+    assert all(start % block == 0 for start in starts[:-1]) and len(starts) >= 4
+    whole = model(mix[None])[0]
+    chunked = demix(model, mix, chunk_size=segment, overlap=overlap, style="fade")
+    before_last = starts[-1] + block // 4
+    closeness = _sdr_db(whole[..., :before_last], chunked[..., :before_last])
+    print(f"NMF chunked vs whole before the last chunk: {closeness:.1f} dB")
+    assert closeness > 15.0
+    assert (chunked.sum(dim=0) - mix).abs().max().item() < 1e-4
+
+
+def test_bounded_window_chunked_is_not_worse_than_the_whole_input_search():
+    """Quality regression: on 100 s of the synthetic mix at 8 kHz, the default (bounded
+    window, run chunk by chunk per the hint) is not worse than the old default (every frame
+    compared with every other, whole signal at once) by more than 0.5 dB of mean SDR, nor
+    1 dB on any stem. (bench/bench_classic.py --quality compares them with BSSEval on
+    longer songs.)"""
+    from sfsep.inference import demix
+
+    rate = 8000
+    sources, mix = stereo_mix(rate, 100.0)
+    old = build_classic({"sample_rate": rate, "repet_window_seconds": 0.0})(mix[None])[0]
+    model = build_classic({"sample_rate": rate})
+    segment, overlap = model.run_contract_hint()
+    assert mix.shape[-1] > segment
+    new = demix(model, mix, chunk_size=segment, overlap=overlap, style="fade")
+    old_sdr, new_sdr = sdr_table(sources, old), sdr_table(sources, new)
+    report = ", ".join(f"{stem} {a:.2f} -> {b:.2f}" for stem, a, b in zip(STEMS, old_sdr, new_sdr))
+    print(f"SDR old (whole input) -> new (bounded, chunked): {report}")
+    assert sum(new_sdr) / len(STEMS) >= sum(old_sdr) / len(STEMS) - 0.5, report
+    assert all(b >= a - 1.0 for a, b in zip(old_sdr, new_sdr)), report
+
+
 # ----------------------------------------------------------------------------- memory
 
 _LONG_RUN = textwrap.dedent(
@@ -322,8 +409,10 @@ _LONG_RUN = textwrap.dedent(
     torch.set_num_threads(1)
     from sfsep.models import build_model
     seconds, sample_rate, block_megabytes = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    window_seconds = float(sys.argv[4])
     mix = 0.1 * torch.randn(1, 1, int(seconds * sample_rate), generator=torch.Generator().manual_seed(4))
-    model = build_model("classic", {"sample_rate": sample_rate, "block_megabytes": block_megabytes})
+    model = build_model("classic", {"sample_rate": sample_rate, "block_megabytes": block_megabytes,
+                                    "repet_window_seconds": window_seconds})
     def status_kb(field):
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
@@ -342,28 +431,36 @@ _LONG_RUN = textwrap.dedent(
 )
 
 
-def _long_run(seconds: float, sample_rate: int, block_megabytes: float) -> tuple[float, float, float, float]:
+def _long_run(
+    seconds: float, sample_rate: int, block_megabytes: float, window_seconds: float
+) -> tuple[float, float, float, float]:
     result = subprocess.run(
-        [sys.executable, "-c", _LONG_RUN, str(seconds), str(sample_rate), str(block_megabytes)],
+        [sys.executable, "-c", _LONG_RUN, str(seconds), str(sample_rate), str(block_megabytes), str(window_seconds)],
         capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr
     frames, grown_bytes, elapsed, sum_error = (float(value) for value in result.stdout.split())
-    print(f"{frames:.0f} frames, block_megabytes={block_megabytes}: peak RSS grew "
+    print(f"{frames:.0f} frames, block_megabytes={block_megabytes}, window {window_seconds} s: peak RSS grew "
           f"{grown_bytes / 2**20:.0f} MB in {elapsed:.1f} s")
     return frames, grown_bytes, elapsed, sum_error
 
 
 def test_long_input_stays_within_a_memory_bound():
     """150 s at 4 kHz is ~13 000 frames (the hop is ~11.6 ms at every rate): a full
-    frame-similarity matrix takes ~680 MB. With the default blocks the run stays far below;
-    with blocks large enough to hold the whole matrix the same measurement sees it (so the
-    bound is a real check). Ten minutes would be 52 000 frames, 10.7 GB in full."""
+    frame-similarity matrix takes ~680 MB. Comparing every frame with every other
+    (repet_window_seconds = 0), the default blocks keep the run far below that; with blocks
+    large enough to hold the whole matrix the same measurement sees it (so the bound is a
+    real check). Ten minutes would be 52 000 frames, 10.7 GB in full. The default bounded
+    window never forms such a matrix."""
     seconds, sample_rate = 150.0, 4000
-    frames, grown_bytes, _, sum_error = _long_run(seconds, sample_rate, 64.0)
+    frames, grown_bytes, _, sum_error = _long_run(seconds, sample_rate, 64.0, 0.0)
     full_matrix = frames**2 * 4
     assert full_matrix > 600 * 2**20
     assert grown_bytes < 200 * 2**20
     assert sum_error < 1e-4
-    _, unblocked_grown_bytes, _, _ = _long_run(seconds, sample_rate, 1e5)
+    _, unblocked_grown_bytes, _, _ = _long_run(seconds, sample_rate, 1e5, 0.0)
     assert unblocked_grown_bytes > 0.8 * full_matrix
+    default_window = build_classic({"sample_rate": sample_rate}).settings["repet_window_seconds"]
+    _, windowed_grown_bytes, _, windowed_sum_error = _long_run(seconds, sample_rate, 64.0, default_window)
+    assert windowed_grown_bytes < 200 * 2**20
+    assert windowed_sum_error < 1e-4
