@@ -100,3 +100,13 @@ def test_reading_the_registry_does_not_import_torch():
     code = "import sys, sfsep.cli, sfsep.registry; sfsep.registry.registry(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_classical_separators_run_in_bounded_chunks_of_their_own_choosing():
+    for name in ("classic", "nmf"):
+        separator = load_separator(name, device="cpu")
+        for rate in (8000, 44100):
+            contract = separator.contract(rate)
+            segment, overlap = separator.modules(rate)[0].run_contract_hint()
+            assert (contract.style, contract.segment, contract.overlap) == ("fade", segment, overlap)
+            assert segment < 200 * rate  # a few minutes at most, whatever the track's length

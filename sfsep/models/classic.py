@@ -978,3 +978,18 @@ def _pick_greedy(similarity: torch.Tensor, count: int, distance: int) -> tuple[t
         neighbourhood = (best[:, None] + around).clamp_(0, columns - 1)
         similarity.scatter_(1, neighbourhood, -math.inf)
     return chosen, valid
+
+
+def run_contract(spec, module: nn.Module):
+    """How the pipeline runs a classical separator: sfsep's "fade" chunking with the segment and
+    overlap the module states for its own rate (`run_contract_hint`), so memory stays bounded
+    and the cost linear whatever the track's length. A spec that states its own chunking
+    (a chunk_size in models.toml) is run by it instead."""
+    from ..inference import RunContract
+    from . import spec_contract
+
+    if spec.chunk_size is not None:
+        return spec_contract(spec)
+    segment, overlap = module.run_contract_hint()
+    return RunContract(style="fade", segment=segment, overlap=overlap, batch_size=1,
+                       residual_stem=spec.residual_stem)
