@@ -162,11 +162,12 @@ def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, d
                     shifts=shifts)
 
 
-def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name):
-    from .audio import CLIP_MODES, subtype_for
+def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name, several_tracks=False):
+    from .audio import CLIP_MODES, check_template, subtype_for
     from .pipeline import OutputOptions
 
     subtype_for(fmt, bits)
+    check_template(filename, ext=fmt, several_tracks=several_tracks)
     if clip not in CLIP_MODES:
         raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
     return OutputOptions(out=Path(out) / model_name, filename=filename, format=fmt, bits=bits, clip=clip,
@@ -245,7 +246,7 @@ def separate(
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
     spec, config = _model_and_config(model, config, weights)
-    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=len(files) > 1)
     from .audio import check_input
 
     for path in files:  # a bad file is reported before any model is loaded or downloaded
@@ -319,7 +320,7 @@ def batch(
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
     spec, config = _model_and_config(model, config, weights)
-    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=True)
     files = _audio_files(folder, recursive)
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
