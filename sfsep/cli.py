@@ -7,7 +7,6 @@ stderr and exit code 1 (2 for usage errors); a traceback only with --debug.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -241,7 +240,7 @@ def separate(
     shifts: int = ShiftsOpt,
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
-    from .pipeline import describe, separate_file
+    from .pipeline import describe, plan_outputs, separate_file
 
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
@@ -253,6 +252,9 @@ def separate(
         check_input(path, downmix=downmix)
     separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
                                 weights=weights, offline=offline, config=config)
+    refused = plan_outputs([(path, path.stem) for path in files], separator, output).refused
+    if refused:  # two inputs with the same outputs: refused before any of them runs
+        raise next(iter(refused.values()))
     console, err = _stdout(), _stderr()
     summaries = []
     with _chunk_progress(err, enabled=not as_json) as progress:
@@ -307,7 +309,7 @@ def batch(
     import torch
 
     from .errors import AudioError
-    from .pipeline import separate_file
+    from .pipeline import plan_outputs, separate_file
 
     if not folder.exists():
         raise AudioError(f"{folder}: no such folder")
@@ -326,6 +328,9 @@ def batch(
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
     separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
                                 weights=weights, offline=offline, config=config)
+    # {track} is the path below the folder: sub/song.wav -> "sub/song", written below <out>/<model>/sub/
+    tracks = {path: str(path.relative_to(folder).with_suffix("")) for path in files}
+    refused = plan_outputs(tracks.items(), separator, output).refused  # later inputs with taken outputs
     console, err = _stdout(), _stderr()
     if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -333,10 +338,11 @@ def batch(
 
     def one(path: Path, update) -> tuple[str, str, str]:
         relative = path.relative_to(folder)
-        track_template = filename.replace("{track}", str(relative.with_suffix("")))
-        file_output = dataclasses.replace(output, filename=track_template)
+        if path in refused:
+            return str(relative), "failed", str(refused[path])
         try:
-            result = separate_file(path, separator, output=file_output, settings=settings, progress=update)
+            result = separate_file(path, separator, output=output, settings=settings, progress=update,
+                                   track=tracks[path])
         except SfsepError as exc:
             return str(relative), "failed", str(exc)
         if result.status == "skipped":

@@ -74,6 +74,103 @@ def test_separate_of_several_files_refuses_a_template_without_track(run_cli, wav
     assert sorted(p.name for p in _files_below(out)) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
 
 
+def _two_songs_with_one_name(folder: Path) -> tuple[Path, Path]:
+    """song.flac and song.wav with different content: the same track name, "song"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    flac, wav = folder / "song.flac", folder / "song.wav"
+    sf.write(flac, tone_mix(8000, 0.5, seed=1), 8000)
+    sf.write(wav, 0.5 * tone_mix(8000, 0.5, seed=2)[::-1].copy(), 8000)
+    return flac, wav
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_batch_two_inputs_with_the_same_outputs_is_a_collision(run_cli, tmp_path, overwrite):
+    music = tmp_path / "music"
+    flac, wav = _two_songs_with_one_name(music)
+    reference = tmp_path / "reference"
+    assert run_cli("separate", flac, "--model", "classic", "--out", reference).code == 0
+    out = tmp_path / "out"
+    extra = ["--overwrite"] if overwrite else []
+    result = run_cli("batch", music, "--model", "classic", "--out", out, *extra)
+    assert result.code == 1, result
+    errors = _error_lines(result)
+    assert len(errors) == 1, result.err
+    assert "song.wav" in errors[0] and "song.flac" in errors[0] and "collision" in errors[0], errors
+    assert "1 done, 0 skipped, 1 failed" in result.out, result.out
+    # the first input (song.flac, in name order) keeps its stems
+    for stem in ("vocals", "drums", "bass", "other"):
+        written = out / "classic" / "song" / f"{stem}.wav"
+        assert written.read_bytes() == (reference / "classic" / "song" / f"{stem}.wav").read_bytes(), stem
+    # and a rerun is the same collision, not a skip or a replacement of the first one's stems
+    again = run_cli("batch", music, "--model", "classic", "--out", out, "--overwrite")
+    assert again.code == 1 and "collision" in again.err, again
+    assert (out / "classic" / "song" / "vocals.wav").read_bytes() == \
+        (reference / "classic" / "song" / "vocals.wav").read_bytes()
+
+
+def test_batch_trackext_tells_the_two_inputs_apart(run_cli, tmp_path):
+    music = tmp_path / "music"
+    _two_songs_with_one_name(music)
+    out = tmp_path / "out"
+    result = run_cli("batch", music, "--model", "classic", "--out", out, "--filename",
+                     "{track}.{trackext}/{stem}.{ext}")
+    assert result.code == 0, result
+    assert (out / "classic" / "song.flac" / "vocals.wav").exists()
+    assert (out / "classic" / "song.wav" / "vocals.wav").exists()
+
+
+def test_separate_two_inputs_with_the_same_outputs_is_refused(run_cli, tmp_path):
+    first, second = tmp_path / "one" / "song.wav", tmp_path / "two" / "song.wav"
+    for index, path in enumerate((first, second)):
+        path.parent.mkdir()
+        sf.write(path, tone_mix(8000, 0.5, seed=index), 8000)
+    out = tmp_path / "out"
+    result = run_cli("separate", first, second, "--model", "classic", "--out", out)
+    line = _one_line_error(result, 1, "collision", str(first), str(second))
+    assert "{trackext}" in line or "rename" in line
+    assert _files_below(out) == []
+
+
+def test_an_output_that_would_replace_the_input_is_refused(run_cli, tmp_path):
+    out = tmp_path / "out"
+    song = out / "classic" / "vocals.wav"  # a file named like a stem, in the folder its stems go to
+    song.parent.mkdir(parents=True)
+    sf.write(song, tone_mix(8000, 0.5), 8000)
+    before = song.read_bytes()
+    result = run_cli(song, "--model", "classic", "--out", out, "--filename", "{stem}.{ext}", "--overwrite")
+    _one_line_error(result, 1, "collision", str(song))
+    assert song.read_bytes() == before
+    assert _files_below(out) == [song]
+
+
+# --------------------------------------------------------------------------------------------
+# Item 2: braces in track names are data
+
+
+def test_batch_track_names_with_braces_are_data(run_cli, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    names = ["{stem}.wav", "x{0}y.wav", "{track}}.wav", "{.wav"]
+    for index, name in enumerate(names):
+        sf.write(music / name, tone_mix(8000, 0.5, seed=index), 8000)
+    out = tmp_path / "out"
+    result = run_cli("batch", music, "--model", "classic", "--out", out)
+    assert result.code == 0, result
+    assert f"{len(names)} done, 0 skipped, 0 failed" in result.out
+    expected = sorted(out / "classic" / Path(name).stem / f"{stem}.wav" for name in names
+                      for stem in ("vocals", "drums", "bass", "other"))
+    assert _files_below(out) == expected
+
+
+def test_separate_track_name_with_braces_and_a_custom_template(run_cli, tmp_path):
+    song = tmp_path / "x{0}y{stem}.wav"
+    sf.write(song, tone_mix(8000, 0.5), 8000)
+    out = tmp_path / "out"
+    result = run_cli(song, "--model", "classic", "--out", out, "--filename", "{track}-{stem}.{ext}")
+    assert result.code == 0, result
+    assert (out / "classic" / "x{0}y{stem}-vocals.wav").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Item 13 (one part): a template without an extension
 
