@@ -269,11 +269,23 @@ def separate(
         typer.echo(json.dumps(summaries, indent=2))
 
 
-def _audio_files(folder: Path, recursive: bool) -> list[Path]:
+def _audio_files(folder: Path, recursive: bool, skip: List[Path] = ()) -> list[Path]:
     from .audio import AUDIO_EXTENSIONS
 
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    skipped = [os.path.realpath(tree) for tree in skip]
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(Path(os.path.realpath(p)).is_relative_to(tree) for tree in skipped))
+
+
+def _output_tree(folder: Path, out: Path, model_name: str) -> List[Path]:
+    """The output folders inside `folder` that `batch` must not take as inputs (a second `batch -R`
+    would separate the first one's stems): the whole --out when it lies inside the folder; when
+    --out is the folder itself, the folder this model writes to (--out/<model>)."""
+    source, target = os.path.realpath(folder), os.path.realpath(out)
+    if target == source:
+        return [Path(out) / model_name]
+    return [Path(out)] if Path(target).is_relative_to(source) else []
 
 
 @app.command()
@@ -323,7 +335,7 @@ def batch(
                          shifts)
     spec, config = _model_and_config(model, config, weights)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=True)
-    files = _audio_files(folder, recursive)
+    files = _audio_files(folder, recursive, skip=_output_tree(folder, out, spec.name))
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
     separator = _load_separator(spec, model is not None or config is not None, device=settings.device,

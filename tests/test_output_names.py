@@ -172,6 +172,35 @@ def test_separate_track_name_with_braces_and_a_custom_template(run_cli, tmp_path
 
 
 # --------------------------------------------------------------------------------------------
+# Item 7: batch -R never takes its own output tree as input
+
+
+def test_batch_recursive_skips_the_output_folder_inside_the_input(run_cli, tmp_path):
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    sf.write(music / "a.wav", tone_mix(8000, 0.5, seed=1), 8000)
+    sf.write(music / "sub" / "b.wav", tone_mix(8000, 0.5, seed=2), 8000)
+    out = music / "stems"
+    first = run_cli("batch", music, "-R", "--model", "classic", "--out", out)
+    assert first.code == 0 and "2 done, 0 skipped, 0 failed" in first.out, first
+    again = run_cli("batch", music, "-R", "--model", "nmf", "--out", out)
+    assert again.code == 0 and "2 done, 0 skipped, 0 failed" in again.out, again
+    third = run_cli("batch", music, "-R", "--model", "classic", "--out", out)
+    assert third.code == 0 and "0 done, 2 skipped, 0 failed" in third.out, third
+    assert not (out / "classic" / "stems").exists() and not (out / "nmf" / "stems").exists()
+
+
+def test_batch_recursive_with_the_input_folder_as_output(run_cli, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "a.wav", tone_mix(8000, 0.5), 8000)
+    assert run_cli("batch", music, "-R", "--model", "classic", "--out", music).code == 0
+    again = run_cli("batch", music, "-R", "--model", "classic", "--out", music)
+    assert again.code == 0 and "0 done, 1 skipped, 0 failed" in again.out, again
+    assert not (music / "classic" / "classic").exists()
+
+
+# --------------------------------------------------------------------------------------------
 # Item 13 (one part): a template without an extension
 
 
