@@ -503,7 +503,9 @@ def _fill(pieces: list[tuple[str, str | None]], values: dict[str, str]) -> str:
 
 def _placement_problem(relative: str, ext: str) -> str | None:
     """What is wrong with a filled template as the path of a stem below the output folder:
-    "leaves the output folder", "has no extension", "has the extension .x", or None."""
+    "leaves the output folder", "has no extension", "has the extension .x", ... or None."""
+    if "\0" in relative:
+        return "contains a NUL character"
     path = Path(relative)
     if path.is_absolute() or ".." in path.parts:
         return "leaves the output folder"
