@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -469,16 +470,87 @@ def write(
     return write_all([(Path(path), audio)], rate, bits=bits, clip=clip, overwrite=overwrite)[0]
 
 
-def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str) -> Path:
-    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}) below `out`."""
+TEMPLATE_FIELDS = ("model", "track", "trackext", "stem", "ext")
+"""The fields of a --filename template. Their values are inserted as they are: a track named
+`x{0}y` or `{stem}` is a name, never read as a field."""
+
+_FIELD_HELP = "use {model} {track} {trackext} {stem} {ext}, and {{ or }} for a literal brace"
+
+
+def _template_pieces(template: str) -> list[tuple[str, str | None]]:
+    """The template as (literal text, field name or None) pairs; a UsageError for anything but
+    the plain fields (no format specs, conversions, indexes or attributes: `{stem:.1}` or
+    `{stem[0]}` would make different stems share a name)."""
+    if "\0" in template:
+        raise UsageError(f"--filename {template!r}: contains a NUL character, which no file name can hold")
     try:
-        relative = template.format(model=model, track=track, trackext=trackext, stem=stem, ext=ext)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UsageError(
-            f"--filename {template!r}: unknown or malformed field ({exc}); use {{model}} {{track}} "
-            f"{{trackext}} {{stem}} {{ext}}"
-        ) from exc
-    result = Path(relative)
-    if result.is_absolute() or ".." in result.parts:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(f"--filename {template!r}: malformed ({exc}); {_FIELD_HELP}") from exc
+    pieces = []
+    for literal, field, spec, conversion in parsed:
+        if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
+            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            what = "a field takes no format spec or conversion" if field in TEMPLATE_FIELDS else "unknown field"
+            raise UsageError(f"--filename {template!r}: {what}: {shown}; {_FIELD_HELP}")
+        pieces.append((literal, field))
+    return pieces
+
+
+def _fill(pieces: list[tuple[str, str | None]], values: dict[str, str]) -> str:
+    return "".join(literal + (values[field] if field is not None else "") for literal, field in pieces)
+
+
+def _placement_problem(relative: str, ext: str) -> str | None:
+    """What is wrong with a filled template as the path of a stem below the output folder:
+    "leaves the output folder", "has no extension", "has the extension .x", ... or None."""
+    if "\0" in relative:
+        return "contains a NUL character"
+    path = Path(relative)
+    if path.is_absolute() or ".." in path.parts:
+        return "leaves the output folder"
+    if path.suffix.lower() != f".{ext}".lower():
+        return f"has the extension {path.suffix}" if path.suffix else "has no extension"
+    return None
+
+
+def check_template(template: str, *, ext: str, several_tracks: bool = False) -> list[tuple[str, str | None]]:
+    """Refuse (UsageError) a --filename template that cannot work whatever the track: an unknown
+    or malformed field, no {stem} (the stems would overwrite each other), with `several_tracks`
+    no {track} (the inputs would), a path outside the output folder, a file name without the
+    extension of the format. Returns the template's pieces."""
+    pieces = _template_pieces(template)
+    fields = {field for _, field in pieces if field is not None}
+    if "stem" not in fields:
+        raise UsageError(f"--filename {template!r}: names no {{stem}}, so every stem would be written to the same "
+                         f"file; add {{stem}}, e.g. '{{track}}/{{stem}}.{{ext}}'")
+    if several_tracks and "track" not in fields:
+        raise UsageError(f"--filename {template!r}: names no {{track}}, so the stems of different inputs would be "
+                         f"written to the same files; add {{track}}, e.g. '{{track}}/{{stem}}.{{ext}}'")
+    # Each field stands for itself: what is left to check is the template's own shape.
+    shape = _fill(pieces, {**{field: "{" + field + "}" for field in TEMPLATE_FIELDS}, "ext": ext})
+    problem = _placement_problem(shape, ext)
+    if problem == "leaves the output folder":
         raise UsageError(f"--filename {template!r}: must stay inside the output folder")
-    return out / result
+    if problem == "has no extension":
+        raise UsageError(f"--filename {template!r}: the file name has no extension: end it in .{{ext}} (.{ext} with "
+                         f"--format {ext}), e.g. '{{track}}/{{stem}}.{{ext}}'")
+    if problem:
+        raise UsageError(f"--filename {template!r}: the file name's extension is {Path(shape).suffix}, not .{ext} "
+                         f"(--format {ext}): end it in .{{ext}}")
+    return pieces
+
+
+def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str) -> Path:
+    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}) below `out`.
+
+    The values are inserted as they are (braces in a track name are part of the name). A template
+    that cannot work is a UsageError (see `check_template`); a track whose name makes a good
+    template leave the output folder (a file named `...wav` is the track `..`) is an AudioError."""
+    pieces = check_template(template, ext=ext)
+    relative = _fill(pieces, {"model": model, "track": track, "trackext": trackext, "stem": stem, "ext": ext})
+    problem = _placement_problem(relative, ext)
+    if problem:
+        raise AudioError(f"track {track!r}: --filename {template!r} gives {relative!r}, which {problem}; "
+                         f"rename the file")
+    return out / relative

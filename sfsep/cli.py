@@ -7,7 +7,6 @@ stderr and exit code 1 (2 for usage errors); a traceback only with --debug.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -162,11 +161,12 @@ def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, d
                     shifts=shifts)
 
 
-def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name):
-    from .audio import CLIP_MODES, subtype_for
+def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name, several_tracks=False):
+    from .audio import CLIP_MODES, check_template, subtype_for
     from .pipeline import OutputOptions
 
     subtype_for(fmt, bits)
+    check_template(filename, ext=fmt, several_tracks=several_tracks)
     if clip not in CLIP_MODES:
         raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
     return OutputOptions(out=Path(out) / model_name, filename=filename, format=fmt, bits=bits, clip=clip,
@@ -240,18 +240,21 @@ def separate(
     shifts: int = ShiftsOpt,
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
-    from .pipeline import describe, separate_file
+    from .pipeline import describe, plan_outputs, separate_file
 
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
     spec, config = _model_and_config(model, config, weights)
-    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=len(files) > 1)
     from .audio import check_input
 
     for path in files:  # a bad file is reported before any model is loaded or downloaded
         check_input(path, downmix=downmix)
     separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
                                 weights=weights, offline=offline, config=config)
+    refused = plan_outputs([(path, path.stem) for path in files], separator, output).refused
+    if refused:  # two inputs with the same outputs: refused before any of them runs
+        raise next(iter(refused.values()))
     console, err = _stdout(), _stderr()
     summaries = []
     with _chunk_progress(err, enabled=not as_json) as progress:
@@ -266,11 +269,23 @@ def separate(
         typer.echo(json.dumps(summaries, indent=2))
 
 
-def _audio_files(folder: Path, recursive: bool) -> list[Path]:
+def _audio_files(folder: Path, recursive: bool, skip: List[Path] = ()) -> list[Path]:
     from .audio import AUDIO_EXTENSIONS
 
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    skipped = [os.path.realpath(tree) for tree in skip]
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(Path(os.path.realpath(p)).is_relative_to(tree) for tree in skipped))
+
+
+def _output_tree(folder: Path, out: Path, model_name: str) -> List[Path]:
+    """The output folders inside `folder` that `batch` must not take as inputs (a second `batch -R`
+    would separate the first one's stems): the whole --out when it lies inside the folder; when
+    --out is the folder itself, the folder this model writes to (--out/<model>)."""
+    source, target = os.path.realpath(folder), os.path.realpath(out)
+    if target == source:
+        return [Path(out) / model_name]
+    return [Path(out)] if Path(target).is_relative_to(source) else []
 
 
 @app.command()
@@ -306,7 +321,7 @@ def batch(
     import torch
 
     from .errors import AudioError
-    from .pipeline import separate_file
+    from .pipeline import plan_outputs, separate_file
 
     if not folder.exists():
         raise AudioError(f"{folder}: no such folder")
@@ -319,12 +334,15 @@ def batch(
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
     spec, config = _model_and_config(model, config, weights)
-    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name)
-    files = _audio_files(folder, recursive)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=True)
+    files = _audio_files(folder, recursive, skip=_output_tree(folder, out, spec.name))
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
     separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
                                 weights=weights, offline=offline, config=config)
+    # {track} is the path below the folder: sub/song.wav -> "sub/song", written below <out>/<model>/sub/
+    tracks = {path: str(path.relative_to(folder).with_suffix("")) for path in files}
+    refused = plan_outputs(tracks.items(), separator, output).refused  # later inputs with taken outputs
     console, err = _stdout(), _stderr()
     if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -332,10 +350,11 @@ def batch(
 
     def one(path: Path, update) -> tuple[str, str, str]:
         relative = path.relative_to(folder)
-        track_template = filename.replace("{track}", str(relative.with_suffix("")))
-        file_output = dataclasses.replace(output, filename=track_template)
+        if path in refused:
+            return str(relative), "failed", str(refused[path])
         try:
-            result = separate_file(path, separator, output=file_output, settings=settings, progress=update)
+            result = separate_file(path, separator, output=output, settings=settings, progress=update,
+                                   track=tracks[path])
         except SfsepError as exc:
             return str(relative), "failed", str(exc)
         if result.status == "skipped":

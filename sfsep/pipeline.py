@@ -524,14 +524,63 @@ class FileResult:
     seconds: float = 0.0
 
 
-def stem_paths(path: Path, separator: Separator, output: OutputOptions) -> dict[str, Path]:
+def stem_paths(path: Path, separator: Separator, output: OutputOptions, *, track: str | None = None) -> dict[str, Path]:
+    """Where each stem of `path` goes: the --filename template filled with the track's name
+    (`track`, by default the file's name without its extension) and each stem's name."""
     spec = separator.spec
     names = separator.stem_names
     return {
-        name: audio_io.output_path(output.filename, out=Path(output.out), model=spec.name, track=path.stem,
+        name: audio_io.output_path(output.filename, out=Path(output.out), model=spec.name,
+                                   track=path.stem if track is None else track,
                                    trackext=path.suffix.lstrip("."), stem=name, ext=output.format)
         for name in names
     }
+
+
+@dataclass
+class OutputPlan:
+    """The stem paths of every input of one run, and the inputs that must not run."""
+
+    targets: dict[Path, dict[str, Path]] = field(default_factory=dict)
+    refused: dict[Path, AudioError] = field(default_factory=dict)
+
+
+def plan_outputs(inputs: Iterable[tuple[Path, str]], separator: Separator, output: OutputOptions) -> OutputPlan:
+    """Each (input, track name)'s stem paths, in the given order. An input whose outputs an earlier
+    input already claims (song.wav and song.flac are both the track "song"), or whose outputs
+    would replace an input of the run, is refused with an error naming both files: within one
+    run nothing is silently skipped or replaced. So is a track whose name makes the template
+    leave the output folder. A template that cannot work at all raises UsageError."""
+    inputs = [(Path(path), track) for path, track in inputs]
+    sources = {os.path.realpath(path): path for path, _ in inputs}
+    claimed: dict[str, Path] = {}
+    plan = OutputPlan()
+    for path, track in inputs:
+        try:
+            targets = stem_paths(path, separator, output, track=track)
+        except AudioError as exc:
+            plan.refused[path] = AudioError(f"{path}: {exc}")
+            continue
+        if len({os.path.realpath(target) for target in targets.values()}) < len(targets):
+            plan.refused[path] = AudioError(f"{path}: with --filename {output.filename!r} two of its stems would "
+                                            f"share a file ({', '.join(map(str, targets.values()))})")
+            continue
+        for target in targets.values():
+            key = os.path.realpath(target)
+            if key in claimed:
+                plan.refused[path] = AudioError(
+                    f"{path}: output collision with {claimed[key]}: both would write {target}; rename one of them "
+                    f"or tell them apart in --filename (e.g. '{{track}}.{{trackext}}/{{stem}}.{{ext}}')")
+                break
+            if key in sources:
+                plan.refused[path] = AudioError(
+                    f"{path}: output collision with the input {sources[key]}: its stem {target} would replace it; "
+                    f"choose another --out or --filename")
+                break
+        else:
+            plan.targets[path] = targets
+            claimed.update({os.path.realpath(target): path for target in targets.values()})
+    return plan
 
 
 def check_writable(folder: Path) -> None:
@@ -551,16 +600,19 @@ def separate_file(
     settings: Settings = Settings(),
     progress: ProgressCallback | None = None,
     block_frames: int = audio_io.BLOCK_FRAMES,
+    track: str | None = None,
 ) -> FileResult:
     """Read `path` block by block, separate it and write its stems; existing outputs are
     skipped unless `output.overwrite`. Memory stays bounded whatever the file's length.
+    `track` is the {track} of the --filename template (default: the file's name without
+    its extension; `batch` passes the path below its folder).
     Errors about the file are AudioError naming it; on any error (and on Ctrl-C) nothing is
     published and no existing stem is touched."""
     started = time.perf_counter()
     path = Path(path)
     separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
     audio_io.subtype_for(output.format, output.bits)  # reject impossible format/bits before any work
-    targets = stem_paths(path, separator, output)
+    targets = stem_paths(path, separator, output, track=track)
     existing = [p for p in targets.values() if p.exists()]
     info = audio_io.check_input(path, downmix=output.downmix)
     if existing and not output.overwrite:

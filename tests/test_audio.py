@@ -135,7 +135,7 @@ def test_output_path_template(tmp_path):
     path = audio.output_path("{track}/{stem}.{ext}", out=tmp_path, model="m", track="song", trackext="wav",
                              stem="vocals", ext="flac")
     assert path == tmp_path / "song" / "vocals.flac"
-    with pytest.raises(UsageError, match="unknown or malformed"):
+    with pytest.raises(UsageError, match="unknown field"):
         audio.output_path("{nope}", out=tmp_path, model="m", track="s", trackext="w", stem="v", ext="wav")
     with pytest.raises(UsageError, match="inside the output folder"):
         audio.output_path("../{stem}.{ext}", out=tmp_path, model="m", track="s", trackext="w", stem="v", ext="wav")
