@@ -7,17 +7,22 @@ empty, NaN/Inf samples, too many channels.
 
 Writing is atomic: the file is written under a temporary name in the target folder and renamed
 into place when complete, so an interrupted run never leaves a half-written stem under the final
-name, and an existing file is never partly overwritten.
+name, and an existing file is never partly overwritten. `atomic_path` is that one helper for every
+file sfsep writes (stems here; evaluation records and reports too); its temporary files get the
+permissions the umask gives, like any other new file.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import secrets
 import struct
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -254,6 +259,52 @@ def _bandwidth_of_frames(frames: torch.Tensor, rate: int, threshold_db: float) -
 # Writing
 
 
+def new_temporary(path: str | os.PathLike, *, prefix: str | None = None, suffix: str = ".part") -> str:
+    """Create an empty file under a fresh hidden name in `path`'s folder and return that name
+    (`<prefix><random><suffix>`, the prefix `.<name of path>.` by default).
+
+    Unlike `tempfile.mkstemp`, which always creates mode 0600, the file is created with mode 0666
+    less the umask (the kernel applies it, and a default ACL), as any other new file is: what is
+    renamed into place later has the permissions the user's other files get.
+    """
+    path = Path(path)
+    prefix = f".{path.name}." if prefix is None else prefix
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(path.parent, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(name, flags, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, prefix: str | None = None, suffix: str = ".part") -> Iterator[str]:
+    """Write `path` atomically: yields the name of a new empty file beside it (see `new_temporary`)
+    for the caller to write; when the block ends it is renamed onto `path`, and when the block
+    raises (Ctrl-C included) it is removed and `path` is untouched. Missing folders are created.
+    The one helper for every single file sfsep writes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = new_temporary(path, prefix=prefix, suffix=suffix)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text to `path` atomically (`atomic_path`); newlines are written as given."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class WriteReport:
     path: Path
@@ -302,10 +353,9 @@ def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int, clip: str) 
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=folder)
+        temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
     except OSError as exc:
         raise AudioError(f"{folder}: cannot write in the output folder ({exc.strerror})") from exc
-    os.close(handle)
     try:
         sf.write(temporary, data, rate, subtype=subtype, format=WRITE_FORMATS[fmt])
     except BaseException as exc:
@@ -349,8 +399,7 @@ class StagedStems:
                 fmt, subtype = "wav", "FLOAT"
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=path.parent)
-                os.close(handle)
+                temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
                 self._files[name] = (temporary, sf.SoundFile(temporary, "w", samplerate=rate, channels=channels,
                                                              subtype=subtype, format=WRITE_FORMATS[fmt]))
             except (OSError, sf.LibsndfileError, RuntimeError) as exc:
@@ -409,8 +458,7 @@ class StagedStems:
             fmt = path.suffix.lower().lstrip(".")
             scale = 1.0 / self.peaks[name] if self.peaks[name] > 1.0 else 1.0
             scales[name] = scale
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=path.parent)
-            os.close(handle)
+            temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
             self._files[name] = (temporary, None)
             try:
                 with sf.SoundFile(floating) as source, sf.SoundFile(

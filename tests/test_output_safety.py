@@ -1,0 +1,74 @@
+"""Outputs through the real entry point: a stem set is replaced all or nothing, Ctrl-C stops a
+batch at once and leaves nothing half-done, two runs never write the same track at once, and
+published files get the permissions the umask gives (issue 13, items 3, 4, 5 and 8)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import tone_mix
+
+STEMS = ("vocals", "drums", "bass", "other")
+ENV = {**os.environ, "SFSEP_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+
+
+def _previous_set(folder: Path, rate: int = 8000) -> dict[str, bytes]:
+    """Stems of an 'earlier run' that differ from anything sfsep would write now."""
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = {}
+    for index, name in enumerate(STEMS):
+        sf.write(folder / f"{name}.wav", np.full((50 + index, 2), 0.125 * (index + 1), dtype=np.float32), rate)
+        contents[name] = (folder / f"{name}.wav").read_bytes()
+    return contents
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _one_line_error(result, *fragments) -> None:
+    assert result.code == 1, result
+    lines = [line for line in result.err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# ----------------------------------------------------------------------------------------
+# Item 8: published files follow the umask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_and_reports_follow_the_umask(run_cli, wav_file, tmp_path, umask):
+    from test_eval import make_musdb
+
+    song = wav_file("song.wav", seconds=0.5)
+    musdb = make_musdb(tmp_path / "musdb", names=("Alpha - First",))
+    previous = os.umask(umask)
+    try:
+        separated = run_cli(song, "--model", "classic", "--out", tmp_path / "stems")
+        evaluated = run_cli("eval", "--musdb", musdb, "--model", "classic", "--rates", "8000",
+                            "--out", tmp_path / "eval")
+    finally:
+        os.umask(previous)
+    assert separated.code == 0, separated
+    assert evaluated.code == 0, evaluated
+    expected = 0o666 & ~umask
+    written = [p for p in (tmp_path / "stems").rglob("*") if p.is_file()]
+    written += [p for p in (tmp_path / "eval").rglob("*") if p.is_file()]
+    assert len(written) >= 4 + 6
+    suffixes = {p.suffix for p in written}
+    assert {".wav", ".csv", ".md", ".json", ".png"} <= suffixes, suffixes
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert set(modes.values()) == {oct(expected)}, modes
