@@ -9,7 +9,8 @@ Writing is atomic: the file is written under a temporary name in the target fold
 into place when complete, so an interrupted run never leaves a half-written stem under the final
 name, and an existing file is never partly overwritten. `atomic_path` is that one helper for every
 file sfsep writes (stems here; evaluation records and reports too); its temporary files get the
-permissions the umask gives, like any other new file.
+permissions the umask gives, like any other new file. A set of stems is published all or nothing
+(`StagedStems`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -373,11 +374,60 @@ def _remove(name: str) -> None:
         pass
 
 
+def _check_replaceable(targets: Iterable[Path]) -> None:
+    """An AudioError when a rename cannot put a file at one of `targets` (it is a folder), so that
+    a set is refused before any of its files is replaced."""
+    for target in targets:
+        if target.is_dir() and not target.is_symlink():
+            raise AudioError(f"{target}: is a folder, so the output cannot be written there; nothing was "
+                             f"replaced (move the folder away or choose another --out)")
+
+
+def _publish(staged: list[tuple[str, Path]]) -> None:
+    """Rename each staged file onto its target, all or nothing.
+
+    Every target is checked first (`_check_replaceable`). Then, target by target, an existing file
+    is moved aside to a hidden backup name in its own folder (`.<stem>.<random>.old.<ext>`) and
+    the staged file renamed into place. If any rename fails (or Ctrl-C arrives), what was already
+    placed is undone: the backups are renamed back, targets that did not exist before are removed,
+    and the error is raised. When all succeeded the backups are removed. A process killed in the
+    middle leaves at most the backups, under hidden names beside the stems.
+    """
+    _check_replaceable(target for _, target in staged)
+    placed: list[tuple[Path, str | None]] = []  # (target, its backup; None when it did not exist)
+    try:
+        for temporary, target in staged:
+            backup = None
+            if os.path.lexists(target):
+                backup = new_temporary(target, prefix=f".{target.stem}.", suffix=f".old{target.suffix}")
+                try:
+                    os.replace(target, backup)
+                except BaseException:
+                    _remove(backup)
+                    raise
+            placed.append((target, backup))
+            os.replace(temporary, target)
+    except BaseException:
+        for target, backup in reversed(placed):
+            try:
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    os.unlink(target)
+            except OSError:
+                pass  # best effort: a backup that cannot be renamed back stays under its hidden name
+        raise
+    for _, backup in placed:
+        if backup is not None:
+            _remove(backup)
+
+
 class StagedStems:
     """A set of output files written block by block and published all or nothing.
 
     Each target is written under a temporary name in its own folder (`.<stem>.<random>.part.<ext>`);
-    `publish()` renames them all into place once every one is complete, `discard()` (or leaving
+    `publish()` renames them all into place once every one is complete (all or nothing: a
+    failing rename puts the previous files back, see `_publish`), `discard()` (or leaving
     the `with` block on an error or Ctrl-C) removes them, so a failure never leaves a
     half-written file under a final name and replaces no existing one. Clip handling is applied
     per block ("clamp", "none"); "rescale" needs the whole stem's peak, so the stems are staged
@@ -392,6 +442,7 @@ class StagedStems:
         self.clipped = {name: 0 for name in targets}
         self.peaks = {name: 0.0 for name in targets}
         self._files: dict[str, tuple[str, sf.SoundFile]] = {}
+        _check_replaceable(self.targets.values())  # before any work, not only at publish()
         for name, path in self.targets.items():
             fmt = path.suffix.lower().lstrip(".")
             subtype = subtype_for(fmt, bits)
@@ -440,13 +491,12 @@ class StagedStems:
             scales = {name: 1.0 for name in self.targets}
             if self.clip == "rescale":
                 self._rescale(scales)
-            for name, (temporary, _) in self._files.items():
-                os.replace(temporary, self.targets[name])
+            _publish([(temporary, self.targets[name]) for name, (temporary, _) in self._files.items()])
         except BaseException as exc:
             self.discard()
             if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
                 raise AudioError(f"{next(iter(self.targets.values())).parent}: the stems could not be "
-                                 f"written ({_short(exc)})") from exc
+                                 f"written ({_short(exc)}); none of the previous ones was replaced") from exc
             raise
         self._files = {}
         return [WriteReport(path, self.clipped[name], scales[name]) for name, path in self.targets.items()]
@@ -495,8 +545,7 @@ def write_all(
     try:
         for path, audio in items:
             staged.append(_stage(Path(path), audio, rate, bits=bits, clip=clip))
-        for temporary, report in staged:
-            os.replace(temporary, report.path)
+        _publish([(temporary, report.path) for temporary, report in staged])
     except BaseException:
         for temporary, _ in staged:
             _remove(temporary)

@@ -46,6 +46,56 @@ def _one_line_error(result, *fragments) -> None:
 
 
 # ----------------------------------------------------------------------------------------
+# Item 3: replacing a stem set is all or nothing
+
+
+def test_overwrite_onto_a_folder_keeps_the_previous_set(run_cli, wav_file, tmp_path):
+    """`other.wav` is a folder: --overwrite fails with one line and replaces none of the others."""
+    song = wav_file("song.wav")
+    out = tmp_path / "out"
+    folder = out / "classic" / "song"
+    before = _previous_set(folder)
+    del before["other"]
+    (folder / "other.wav").unlink()
+    (folder / "other.wav" / "inside").mkdir(parents=True)
+    result = run_cli(song, "--model", "classic", "--out", out, "--overwrite")
+    _one_line_error(result, "other.wav")
+    assert {name: (folder / f"{name}.wav").read_bytes() for name in before} == before
+    assert (folder / "other.wav" / "inside").is_dir()
+    assert _hidden(folder) == []
+
+
+def test_a_rename_failing_midway_restores_the_previous_set(run_cli, wav_file, tmp_path, monkeypatch):
+    """The third of four renames fails (after the pre-checks passed): the two stems already
+    moved into place are rolled back to the previous ones, no backup or .part is left."""
+    song = wav_file("song.wav")
+    out = tmp_path / "out"
+    folder = out / "classic" / "song"
+    before = _previous_set(folder)
+    real_replace = os.replace
+    moved = []
+
+    def replace(source, target):
+        source, target = str(source), str(target)
+        if ".part." in source and Path(target).parent == folder:
+            if len(moved) == 2:
+                raise OSError(errno.EIO, "Input/output error")
+            moved.append(target)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    result = run_cli(song, "--model", "classic", "--out", out, "--overwrite")
+    _one_line_error(result, "could not be written")
+    assert len(moved) == 2
+    assert {name: (folder / f"{name}.wav").read_bytes() for name in before} == before
+    assert _hidden(folder) == []
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert run_cli(song, "--model", "classic", "--out", out, "--overwrite").code == 0
+    assert all((folder / f"{name}.wav").read_bytes() != before[name] for name in STEMS)
+    assert _hidden(folder) == []
+
+
+# ----------------------------------------------------------------------------------------
 # Item 8: published files follow the umask
 
 
