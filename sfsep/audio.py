@@ -10,7 +10,7 @@ into place when complete, so an interrupted run never leaves a half-written stem
 name, and an existing file is never partly overwritten. `atomic_path` is that one helper for every
 file sfsep writes (stems here; evaluation records and reports too); its temporary files get the
 permissions the umask gives, like any other new file. A set of stems is published all or nothing
-(`StagedStems`).
+(`StagedStems`), and `TrackLock` keeps two runs from writing one track's stems at once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ import soundfile as sf
 import torch
 
 from .errors import AudioError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: TrackLock does nothing there
+    fcntl = None
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".caf", ".opus")
 """Extensions that `sfsep batch` picks up in a folder."""
@@ -529,6 +534,68 @@ class StagedStems:
                     pass
             _remove(temporary)
         self._files = {}
+
+
+class TrackLock:
+    """A lock on one track's set of output files, so that two runs never write them at once.
+
+    The lock file is `.<name>.sfsep.lock` beside the first target (in path order), so there is one
+    per track even when the stems of several tracks share a folder. `acquire()` does not wait: it
+    returns False while another process (or another thread of this one) holds the lock. It is an
+    `fcntl.flock`, which the system drops when its holder ends, so a killed run leaves no stale
+    lock; `release()` removes the file. Where there is no fcntl (Windows) every acquire succeeds.
+    """
+
+    def __init__(self, targets: Iterable[str | os.PathLike]):
+        first = min(Path(target) for target in targets)
+        self.path = first.parent / f".{first.name}.sfsep.lock"
+        self._handle: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None or fcntl is None
+
+    def acquire(self) -> bool:
+        if fcntl is None or self._handle is not None:
+            return True
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handle = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                raise AudioError(f"{self.path.parent}: cannot write in the output folder ({exc.strerror})") from exc
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                return False
+            except BaseException:
+                os.close(handle)
+                raise
+            # The previous holder removes the file when it releases: if that happened after we
+            # opened it, we hold a lock on a file nobody else will open. Take the current one.
+            try:
+                current = os.path.samestat(os.fstat(handle), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._handle = handle
+                return True
+            os.close(handle)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            _remove(str(self.path))  # while still holding it (see acquire)
+            os.close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "TrackLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.release()
 
 
 def write_all(

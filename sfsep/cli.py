@@ -339,7 +339,8 @@ def batch(
         except SfsepError as exc:
             return str(relative), "failed", str(exc)
         if result.status == "skipped":
-            return str(relative), "skipped", "" if skip_existing else "; ".join(result.notes)
+            quiet = skip_existing and not result.busy
+            return str(relative), "skipped", "" if quiet else "; ".join(result.notes)
         return str(relative), "done", f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s"
 
     with _chunk_progress(err, enabled=True) as progress:

@@ -96,6 +96,74 @@ def test_a_rename_failing_midway_restores_the_previous_set(run_cli, wav_file, tm
 
 
 # ----------------------------------------------------------------------------------------
+# Item 5: two runs on the same output at once
+
+# Runs `sfsep` through its entry point with one change: before publishing its stems, the run
+# waits until the file named by SFSEP_TEST_GATE exists, so a second run can be started while the
+# first one is certainly in the middle of the track.
+_GATED_RUN = """
+import os, sys, time
+from pathlib import Path
+import sfsep.audio
+publish = sfsep.audio.StagedStems.publish
+def gated(self):
+    Path(os.environ["SFSEP_TEST_STAGED"]).touch()
+    while not os.path.exists(os.environ["SFSEP_TEST_GATE"]):
+        time.sleep(0.02)
+    return publish(self)
+sfsep.audio.StagedStems.publish = gated
+from sfsep.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_second_batch_skips_the_track_another_run_is_writing(tmp_path, overwrite):
+    rate = 8000
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "song.wav", tone_mix(rate, 2.0, 2), rate)
+    out = tmp_path / "out"
+    args = ["batch", str(music), "--model", "classic", "--out", str(out)] + (["--overwrite"] if overwrite else [])
+    staged, gate = tmp_path / "staged", tmp_path / "gate"
+    env = {**ENV, "SFSEP_TEST_STAGED": str(staged), "SFSEP_TEST_GATE": str(gate)}
+    first = subprocess.Popen([sys.executable, "-c", _GATED_RUN, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not staged.exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert first.poll() is None, first.communicate()
+        second = subprocess.run([str(Path(sys.executable).with_name("sfsep")), *args], capture_output=True,
+                                text=True, env=ENV, timeout=300)
+        assert first.poll() is None  # still waiting at the gate
+        gate.touch()
+        first_out, first_err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, first_err
+    assert "1 done, 0 skipped, 0 failed" in first_out
+    assert second.returncode == 0, second.stderr
+    assert "0 done, 1 skipped, 0 failed" in second.stdout, second.stdout
+    assert "another sfsep run" in second.stderr, second.stderr
+    folder = out / "classic" / "song"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{name}.wav" for name in STEMS)
+
+
+def test_the_lock_is_per_track_and_left_behind_by_no_run(run_cli, wav_file, tmp_path):
+    """Tracks whose stems share one folder are not serialized (nor skipped) by the lock, and no
+    lock file stays behind."""
+    wav_file("music/a.wav", seconds=0.5)
+    wav_file("music/b.wav", seconds=0.5)
+    out = tmp_path / "out"
+    result = run_cli("batch", tmp_path / "music", "--model", "classic", "--out", out, "--jobs", "2",
+                     "--filename", "{track}-{stem}.{ext}")
+    assert result.code == 0, result
+    assert "2 done, 0 skipped, 0 failed" in result.out
+    assert _hidden(out / "classic") == []
+
+
+# ----------------------------------------------------------------------------------------
 # Item 8: published files follow the umask
 
 
