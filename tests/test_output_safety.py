@@ -96,6 +96,80 @@ def test_a_rename_failing_midway_restores_the_previous_set(run_cli, wav_file, tm
 
 
 # ----------------------------------------------------------------------------------------
+# Item 4: Ctrl-C stops a batch promptly
+
+
+def _sets(out: Path, names) -> dict[str, int]:
+    """How many stems each track folder holds (0 or 4 are the only whole states)."""
+    return {name: len(list((out / "classic" / name).glob("*.wav"))) if (out / "classic" / name).is_dir() else 0
+            for name in names}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_one_ctrl_c_stops_a_batch_at_once(tmp_path, jobs):
+    rate = 8000
+    music = tmp_path / "music"
+    music.mkdir()
+    names = [f"track{index}" for index in range(6)]
+    for index, name in enumerate(names):
+        sf.write(music / f"{name}.wav", tone_mix(rate, 30.0, 2, seed=index), rate)
+    out = tmp_path / "out"
+    script = Path(sys.executable).with_name("sfsep")
+    process = subprocess.Popen([str(script), "batch", str(music), "--model", "classic", "--out", str(out),
+                                "--jobs", str(jobs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ENV)
+    deadline = time.monotonic() + 300
+    while (not list(out.glob("classic/*/.*.part.*")) and time.monotonic() < deadline
+           and process.poll() is None):
+        time.sleep(0.02)
+    assert process.poll() is None, "the batch ended before its first stems were staged"
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    stopped = time.monotonic() - sent
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert not list(out.rglob("*.part*")), list(out.rglob("*"))
+    counts = _sets(out, names)
+    assert set(counts.values()) <= {0, 4}, counts  # no partial stem set
+    assert sum(1 for count in counts.values() if count) <= jobs, counts  # the batch did not go on
+    # the files still running stop at their next chunk (classic: one per file, ~1-2 s here)
+    assert stopped < 15, stopped
+
+
+def test_repeated_ctrl_c_still_cleans_up(tmp_path):
+    """Three SIGINTs in a row: still exit 130, no .part file, no partial set."""
+    rate = 8000
+    music = tmp_path / "music"
+    music.mkdir()
+    for index in range(4):
+        sf.write(music / f"t{index}.wav", tone_mix(rate, 30.0, 2, seed=index), rate)
+    out = tmp_path / "out"
+    script = Path(sys.executable).with_name("sfsep")
+    process = subprocess.Popen([str(script), "batch", str(music), "--model", "classic", "--out", str(out),
+                                "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while (not list(out.glob("classic/*/.*.part.*")) and time.monotonic() < deadline
+           and process.poll() is None):
+        time.sleep(0.02)
+    assert process.poll() is None, "the batch ended before its first stems were staged"
+    for _ in range(3):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert not list(out.rglob("*.part*")), list(out.rglob("*"))
+    assert set(_sets(out, [f"t{index}" for index in range(4)]).values()) <= {0, 4}
+
+
+# ----------------------------------------------------------------------------------------
 # Item 5: two runs on the same output at once
 
 # Runs `sfsep` through its entry point with one change: before publishing its stems, the run
