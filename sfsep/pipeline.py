@@ -582,7 +582,7 @@ def separate_file(
     with audio_io.TrackLock(targets.values()) as lock:  # two runs never write one track at once
         if not lock.held:
             return FileResult(path, "skipped", info.rate, busy=True,
-                              notes=[f"another sfsep run is writing its stems ({lock.path.parent}) now"])
+                              notes=[f"another sfsep run is writing its stems in {lock.path.parent} now"])
         existing = [p for p in targets.values() if p.exists()]  # again: a run may have just finished them
         if existing and not output.overwrite:
             return FileResult(path, "skipped", info.rate,
