@@ -7,24 +7,35 @@ empty, NaN/Inf samples, too many channels.
 
 Writing is atomic: the file is written under a temporary name in the target folder and renamed
 into place when complete, so an interrupted run never leaves a half-written stem under the final
-name, and an existing file is never partly overwritten.
+name, and an existing file is never partly overwritten. `atomic_path` is that one helper for every
+file sfsep writes (stems here; evaluation records and reports too); its temporary files get the
+permissions the umask gives, like any other new file. A set of stems is published all or nothing
+(`StagedStems`), and `TrackLock` keeps two runs from writing one track's stems at once.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import secrets
 import string
 import struct
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from .errors import AudioError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: TrackLock does nothing there
+    fcntl = None
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".caf", ".opus")
 """Extensions that `sfsep batch` picks up in a folder."""
@@ -255,6 +266,52 @@ def _bandwidth_of_frames(frames: torch.Tensor, rate: int, threshold_db: float) -
 # Writing
 
 
+def new_temporary(path: str | os.PathLike, *, prefix: str | None = None, suffix: str = ".part") -> str:
+    """Create an empty file under a fresh hidden name in `path`'s folder and return that name
+    (`<prefix><random><suffix>`, the prefix `.<name of path>.` by default).
+
+    Unlike `tempfile.mkstemp`, which always creates mode 0600, the file is created with mode 0666
+    less the umask (the kernel applies it, and a default ACL), as any other new file is: what is
+    renamed into place later has the permissions the user's other files get.
+    """
+    path = Path(path)
+    prefix = f".{path.name}." if prefix is None else prefix
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(path.parent, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(name, flags, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, prefix: str | None = None, suffix: str = ".part") -> Iterator[str]:
+    """Write `path` atomically: yields the name of a new empty file beside it (see `new_temporary`)
+    for the caller to write; when the block ends it is renamed onto `path`, and when the block
+    raises (Ctrl-C included) it is removed and `path` is untouched. Missing folders are created.
+    The one helper for every single file sfsep writes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = new_temporary(path, prefix=prefix, suffix=suffix)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text to `path` atomically (`atomic_path`); newlines are written as given."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class WriteReport:
     path: Path
@@ -303,10 +360,9 @@ def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int, clip: str) 
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=folder)
+        temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
     except OSError as exc:
         raise AudioError(f"{folder}: cannot write in the output folder ({exc.strerror})") from exc
-    os.close(handle)
     try:
         sf.write(temporary, data, rate, subtype=subtype, format=WRITE_FORMATS[fmt])
     except BaseException as exc:
@@ -324,11 +380,60 @@ def _remove(name: str) -> None:
         pass
 
 
+def _check_replaceable(targets: Iterable[Path]) -> None:
+    """An AudioError when a rename cannot put a file at one of `targets` (it is a folder), so that
+    a set is refused before any of its files is replaced."""
+    for target in targets:
+        if target.is_dir() and not target.is_symlink():
+            raise AudioError(f"{target}: is a folder, so the output cannot be written there; nothing was "
+                             f"replaced (move the folder away or choose another --out)")
+
+
+def _publish(staged: list[tuple[str, Path]]) -> None:
+    """Rename each staged file onto its target, all or nothing.
+
+    Every target is checked first (`_check_replaceable`). Then, target by target, an existing file
+    is moved aside to a hidden backup name in its own folder (`.<stem>.<random>.old.<ext>`) and
+    the staged file renamed into place. If any rename fails (or Ctrl-C arrives), what was already
+    placed is undone: the backups are renamed back, targets that did not exist before are removed,
+    and the error is raised. When all succeeded the backups are removed. A process killed in the
+    middle leaves at most the backups, under hidden names beside the stems.
+    """
+    _check_replaceable(target for _, target in staged)
+    placed: list[tuple[Path, str | None]] = []  # (target, its backup; None when it did not exist)
+    try:
+        for temporary, target in staged:
+            backup = None
+            if os.path.lexists(target):
+                backup = new_temporary(target, prefix=f".{target.stem}.", suffix=f".old{target.suffix}")
+                try:
+                    os.replace(target, backup)
+                except BaseException:
+                    _remove(backup)
+                    raise
+            placed.append((target, backup))
+            os.replace(temporary, target)
+    except BaseException:
+        for target, backup in reversed(placed):
+            try:
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    os.unlink(target)
+            except OSError:
+                pass  # best effort: a backup that cannot be renamed back stays under its hidden name
+        raise
+    for _, backup in placed:
+        if backup is not None:
+            _remove(backup)
+
+
 class StagedStems:
     """A set of output files written block by block and published all or nothing.
 
     Each target is written under a temporary name in its own folder (`.<stem>.<random>.part.<ext>`);
-    `publish()` renames them all into place once every one is complete, `discard()` (or leaving
+    `publish()` renames them all into place once every one is complete (all or nothing: a
+    failing rename puts the previous files back, see `_publish`), `discard()` (or leaving
     the `with` block on an error or Ctrl-C) removes them, so a failure never leaves a
     half-written file under a final name and replaces no existing one. Clip handling is applied
     per block ("clamp", "none"); "rescale" needs the whole stem's peak, so the stems are staged
@@ -343,6 +448,7 @@ class StagedStems:
         self.clipped = {name: 0 for name in targets}
         self.peaks = {name: 0.0 for name in targets}
         self._files: dict[str, tuple[str, sf.SoundFile]] = {}
+        _check_replaceable(self.targets.values())  # before any work, not only at publish()
         for name, path in self.targets.items():
             fmt = path.suffix.lower().lstrip(".")
             subtype = subtype_for(fmt, bits)
@@ -350,8 +456,7 @@ class StagedStems:
                 fmt, subtype = "wav", "FLOAT"
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=path.parent)
-                os.close(handle)
+                temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
                 self._files[name] = (temporary, sf.SoundFile(temporary, "w", samplerate=rate, channels=channels,
                                                              subtype=subtype, format=WRITE_FORMATS[fmt]))
             except (OSError, sf.LibsndfileError, RuntimeError) as exc:
@@ -392,13 +497,12 @@ class StagedStems:
             scales = {name: 1.0 for name in self.targets}
             if self.clip == "rescale":
                 self._rescale(scales)
-            for name, (temporary, _) in self._files.items():
-                os.replace(temporary, self.targets[name])
+            _publish([(temporary, self.targets[name]) for name, (temporary, _) in self._files.items()])
         except BaseException as exc:
             self.discard()
             if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
                 raise AudioError(f"{next(iter(self.targets.values())).parent}: the stems could not be "
-                                 f"written ({_short(exc)})") from exc
+                                 f"written ({_short(exc)}); none of the previous ones was replaced") from exc
             raise
         self._files = {}
         return [WriteReport(path, self.clipped[name], scales[name]) for name, path in self.targets.items()]
@@ -410,8 +514,7 @@ class StagedStems:
             fmt = path.suffix.lower().lstrip(".")
             scale = 1.0 / self.peaks[name] if self.peaks[name] > 1.0 else 1.0
             scales[name] = scale
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part.{fmt}", dir=path.parent)
-            os.close(handle)
+            temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
             self._files[name] = (temporary, None)
             try:
                 with sf.SoundFile(floating) as source, sf.SoundFile(
@@ -434,6 +537,68 @@ class StagedStems:
         self._files = {}
 
 
+class TrackLock:
+    """A lock on one track's set of output files, so that two runs never write them at once.
+
+    The lock file is `.<name>.sfsep.lock` beside the first target (in path order), so there is one
+    per track even when the stems of several tracks share a folder. `acquire()` does not wait: it
+    returns False while another process (or another thread of this one) holds the lock. It is an
+    `fcntl.flock`, which the system drops when its holder ends, so a killed run leaves no stale
+    lock; `release()` removes the file. Where there is no fcntl (Windows) every acquire succeeds.
+    """
+
+    def __init__(self, targets: Iterable[str | os.PathLike]):
+        first = min(Path(target) for target in targets)
+        self.path = first.parent / f".{first.name}.sfsep.lock"
+        self._handle: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None or fcntl is None
+
+    def acquire(self) -> bool:
+        if fcntl is None or self._handle is not None:
+            return True
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handle = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                raise AudioError(f"{self.path.parent}: cannot write in the output folder ({exc.strerror})") from exc
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                return False
+            except BaseException:
+                os.close(handle)
+                raise
+            # The previous holder removes the file when it releases: if that happened after we
+            # opened it, we hold a lock on a file nobody else will open. Take the current one.
+            try:
+                current = os.path.samestat(os.fstat(handle), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._handle = handle
+                return True
+            os.close(handle)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            _remove(str(self.path))  # while still holding it (see acquire)
+            os.close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "TrackLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.release()
+
+
 def write_all(
     items: list[tuple[Path, torch.Tensor]], rate: int, *, bits: int = 16, clip: str = "clamp", overwrite: bool = True
 ) -> list[WriteReport]:
@@ -448,8 +613,7 @@ def write_all(
     try:
         for path, audio in items:
             staged.append(_stage(Path(path), audio, rate, bits=bits, clip=clip))
-        for temporary, report in staged:
-            os.replace(temporary, report.path)
+        _publish([(temporary, report.path) for temporary, report in staged])
     except BaseException:
         for temporary, _ in staged:
             _remove(temporary)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +53,19 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+
+_interrupted = threading.Event()
+"""Set by the first Ctrl-C of a run (`_on_interrupt`): `batch`'s workers stop at their next chunk."""
+
+
+def _on_interrupt(signum, frame) -> None:
+    """SIGINT: the first one raises KeyboardInterrupt in the main thread, as Python's own handler
+    does (what is running unwinds and removes its staged files), and tells the workers of `batch`
+    to stop; later ones are ignored, so that they cannot cut that cleanup short."""
+    if _interrupted.is_set():
+        return
+    _interrupted.set()
+    raise KeyboardInterrupt
 
 
 def _stderr() -> Console:
@@ -349,34 +364,53 @@ def batch(
     rows: list[tuple[str, str, str]] = []
 
     def one(path: Path, update) -> tuple[str, str, str]:
+        if _interrupted.is_set():  # Ctrl-C came before this file started
+            raise KeyboardInterrupt
+
+        def checked(done: int, total: int) -> None:  # between chunks: a worker stops after Ctrl-C
+            if _interrupted.is_set():
+                raise KeyboardInterrupt
+            update(done, total)
+
         relative = path.relative_to(folder)
         if path in refused:
             return str(relative), "failed", str(refused[path])
         try:
-            result = separate_file(path, separator, output=output, settings=settings, progress=update,
+            result = separate_file(path, separator, output=output, settings=settings, progress=checked,
                                    track=tracks[path])
         except SfsepError as exc:
             return str(relative), "failed", str(exc)
         if result.status == "skipped":
-            return str(relative), "skipped", "" if skip_existing else "; ".join(result.notes)
+            quiet = skip_existing and not result.busy
+            return str(relative), "skipped", "" if quiet else "; ".join(result.notes)
         return str(relative), "done", f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s"
+
+    def finished(row: tuple[str, str, str], task) -> None:
+        progress.remove_task(task)
+        progress.advance(overall)
+        rows.append(row)
+        if row[1] == "failed":
+            err.print(f"[red]error:[/] {row[2]}")
+        elif row[1] == "skipped" and row[2]:
+            err.print(f"[yellow]{row[0]}: skipped[/] ({row[2]})")
 
     with _chunk_progress(err, enabled=True) as progress:
         overall = progress.add_task(f"{len(files)} files", total=len(files))
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {}
+        if jobs == 1:  # in this thread, where Ctrl-C interrupts the running file at once
             for path in files:
                 task, update = _progress_callback(progress, path.name)
-                futures[pool.submit(one, path, update)] = task
-            for future in as_completed(futures):
-                row = future.result()
-                progress.remove_task(futures[future])
-                progress.advance(overall)
-                rows.append(row)
-                if row[1] == "failed":
-                    err.print(f"[red]error:[/] {row[2]}")
-                elif row[1] == "skipped" and row[2]:
-                    err.print(f"[yellow]{row[0]}: skipped[/] ({row[2]})")
+                finished(one(path, update), task)
+        else:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            try:
+                futures = {}
+                for path in files:
+                    task, update = _progress_callback(progress, path.name)
+                    futures[pool.submit(one, path, update)] = task
+                for future in as_completed(futures):
+                    finished(future.result(), futures[future])
+            finally:  # after Ctrl-C: files not started are dropped, the running ones stop at their next chunk
+                pool.shutdown(wait=True, cancel_futures=True)
     rows.sort()
     table = Table(title=f"sfsep batch: {folder} ({spec.name})")
     for column in ("file", "status", "details"):
@@ -928,6 +962,11 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and maps errors to messages and exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _interrupted.clear()
+    try:
+        previous_handler = signal.signal(signal.SIGINT, _on_interrupt)
+    except ValueError:  # called from a thread other than the main one: keep Python's handler
+        previous_handler = None
     try:
         code = app(args=args, prog_name="sfsep", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
@@ -952,6 +991,9 @@ def main(argv: list[str] | None = None) -> None:
             code = exc.exit_code
         else:
             raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     sys.exit(code if isinstance(code, int) else 0)
 
 

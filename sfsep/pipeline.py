@@ -522,6 +522,7 @@ class FileResult:
     clipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    busy: bool = False  # skipped because another run was writing the same stems
 
 
 def stem_paths(path: Path, separator: Separator, output: OutputOptions, *, track: str | None = None) -> dict[str, Path]:
@@ -607,7 +608,8 @@ def separate_file(
     `track` is the {track} of the --filename template (default: the file's name without
     its extension; `batch` passes the path below its folder).
     Errors about the file are AudioError naming it; on any error (and on Ctrl-C) nothing is
-    published and no existing stem is touched."""
+    published and no existing stem is touched. While the stems are written the track is locked
+    (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note."""
     started = time.perf_counter()
     path = Path(path)
     separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
@@ -629,12 +631,20 @@ def separate_file(
     channels = min(info.channels, 2)
     bandwidth = audio_io.file_bandwidth(info)
     flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
-    with audio_io.StagedStems(targets, info.rate, channels, bits=output.bits, clip=output.clip) as staged:
-        names = separator.stem_names
-        for block in flow.stems(progress):
-            for name, stem in zip(names, block):
-                staged.write(name, stem)
-        reports = staged.publish()
+    with audio_io.TrackLock(targets.values()) as lock:  # two runs never write one track at once
+        if not lock.held:
+            return FileResult(path, "skipped", info.rate, busy=True,
+                              notes=[f"another sfsep run is writing its stems in {lock.path.parent} now"])
+        existing = [p for p in targets.values() if p.exists()]  # again: a run may have just finished them
+        if existing and not output.overwrite:
+            return FileResult(path, "skipped", info.rate,
+                              notes=[f"{existing[0]} exists (use --overwrite to replace)"])
+        with audio_io.StagedStems(targets, info.rate, channels, bits=output.bits, clip=output.clip) as staged:
+            names = separator.stem_names
+            for block in flow.stems(progress):
+                for name, stem in zip(names, block):
+                    staged.write(name, stem)
+            reports = staged.publish()
     return FileResult(
         path=path, status="done", input_rate=info.rate, model_rate=flow.model_rate,
         strategy=flow.strategy, reason=flow.reason, bandwidth_hz=bandwidth,

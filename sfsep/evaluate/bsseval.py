@@ -83,7 +83,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -92,6 +91,7 @@ import numpy as np
 import torch
 
 from sfsep import __version__ as _sfsep_version
+from sfsep.audio import write_text_atomic
 from sfsep.errors import SfsepError
 
 __all__ = [
@@ -791,17 +791,7 @@ class TrackScores:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON to `path` (folders created; written to a temporary name, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(self.to_json())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, self.to_json())
 
     @classmethod
     def from_json(cls, text: str, track_name: str) -> "TrackScores":

@@ -27,13 +27,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from sfsep.audio import atomic_path, write_text_atomic
 from sfsep.evaluate.bsseval import METRIC_NAMES, TrackAggregate
 from sfsep.evaluate.runner import EvalRun, settings_summary
 
@@ -236,15 +236,7 @@ def summary_document(summary: Summary) -> dict:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _csv_text(rows: list[list]) -> str:
@@ -330,15 +322,9 @@ def plot_sdr_vs_rate(summary: Summary, path: str | os.PathLike) -> Path | None:
     axes[0][0].legend(title="resampler", fontsize="small")
     figure.suptitle(f"{summary.model}: {HEADLINE_LABELS.get(summary.headline, summary.headline)}", fontsize="medium")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temporary, format="png", dpi=110)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=110)
     finally:
         plt.close(figure)
     return path

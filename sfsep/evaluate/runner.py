@@ -51,7 +51,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -60,6 +59,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from sfsep.audio import write_text_atomic
 from sfsep.errors import ModelError, UsageError
 from sfsep.evaluate.bsseval import SilentSourceError, TrackScores, bss_eval_v4
 from sfsep.evaluate.metrics import si_sdr, utterance_sdr
@@ -564,15 +564,7 @@ def _kernel_stamp(cell: Cell, model_name: str) -> dict | None:
 
 def _write_json(path: Path, document: dict) -> None:
     """Write JSON atomically (temporary name in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, indent=2, allow_nan=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True))
 
 
 def settings_summary(run: EvalRun) -> dict:

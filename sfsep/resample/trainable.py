@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sfsep.audio import atomic_path
 from sfsep.errors import ResampleError
 from sfsep.resample.kernel import LOWPASS_WIDTH, kaiser_window, kernel_geometry, kernel_time_offsets
 
@@ -183,9 +184,8 @@ def save_kernel(kernel: TrainableKernel, path: str | os.PathLike, **record: Any)
         "state_dict": {name: value.detach().cpu().clone() for name, value in kernel.state_dict().items()},
         **record,
     }
-    partial = path.with_name(path.name + ".part")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        torch.save(payload, partial)
     return path
 
 
