@@ -95,6 +95,27 @@ def test_a_file_that_nothing_vouches_for_fails_verify_and_is_replaced(server, ca
     assert run_cli("fetch", "--verify").code == 0
 
 
+def test_a_file_checked_by_an_older_sfsep_keeps_its_record(cache, tmp_path, monkeypatch, run_cli):
+    use_registry(tmp_path, monkeypatch, plain_model("old", url="http://127.0.0.1:9/old.ckpt"),
+                 plain_model("touched", url="http://127.0.0.1:9/touched.ckpt"))
+    weights = cache / "weights"
+    weights.mkdir(parents=True)
+    for name in ("old.ckpt", "touched.ckpt"):  # as sfsep <= 0.1 left them: a record in verified/
+        path = weights / name
+        path.write_bytes(PAYLOAD)
+        stat = path.stat()
+        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+        (cache / "verified").mkdir(exist_ok=True)
+        (cache / "verified" / f"{key}.json").write_text(json.dumps(
+            {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": DIGEST}))
+    os.utime(weights / "touched.ckpt", ns=(0, 0))  # changed since that record was written: it proves nothing
+    result = run_cli("fetch", "--verify")
+    assert result.code == 1, result
+    assert "old.ckpt ok" in result.out
+    assert "touched.ckpt fails its check" in result.err
+    assert (weights / "old.ckpt.sha256").read_text().startswith(DIGEST)
+
+
 def tiny_conv_tasnet(shared: Path, tmp_path: Path, server: LoopbackServer) -> tuple[str, bytes, bytes]:
     """A registry table for a tiny Conv-TasNet served by `server` (no digest in it), its
     checkpoint's bytes, and the bytes of another checkpoint of the same size (other weights)."""
