@@ -486,7 +486,9 @@ def _model_row(spec) -> dict:
         "cached": None if not spec.weights else cached == count, "cached_files": cached, "files": count,
         "size_bytes": size, "size_estimate_bytes": estimate,
         "sources": [{"source": hub.source_label(w), "host": hub.source_host(w), "file": w.cache_name,
-                     "sha256": w.sha256, "size": w.size, "cache_path": hub.where_expected(w)} for w in spec.weights],
+                     "sha256": w.sha256, "size": w.size, "checksum_source": w.checksum_source,
+                     "mirrors": [hub.source_label(m) for m in w.mirrors],
+                     "cache_path": hub.where_expected(w)} for w in spec.weights],
         "chunk_size": spec.chunk_size, "overlap": spec.overlap, "num_overlap": spec.num_overlap,
         "chunk_style": spec.chunk_style,
         "batch_size": spec.batch_size, "normalize": spec.normalize,
@@ -540,6 +542,8 @@ def fetch(
     verify: bool = typer.Option(False, "--verify",
                                 help="Re-hash cached files; alone: check the whole cache, with names: re-download "
                                      "files that fail."),
+    check: bool = typer.Option(False, "--check",
+                               help="Only ask each source and mirror whether it answers (HEAD); download nothing."),
 ) -> None:
     """Download and verify model weights into the cache (for offline use later)."""
     from . import hub
@@ -548,25 +552,44 @@ def fetch(
 
     if names and all_models:
         raise UsageError("give model names or --all, not both")
-    if not names and not all_models and not verify:
-        raise UsageError("name the models to fetch (`sfsep models` lists them), or pass --all or --verify")
+    if check and verify:
+        raise UsageError("--check asks the hosts, --verify hashes the cache: give one of them")
+    if not names and not all_models and not verify and not check:
+        raise UsageError("name the models to fetch (`sfsep models` lists them), or pass --all, --verify or --check")
     console, err = _stdout(), _stderr()
     failures = 0
+    if check:
+        specs = [get_spec(name) for name in names] if names else list(registry().values())
+        answering = asked = 0
+        for spec in specs:
+            for source in spec.weights:
+                reaches = hub.probe(source)
+                asked += len(reaches)
+                answering += sum(reach.ok for reach in reaches)
+                failures += not any(reach.ok for reach in reaches)
+                for reach in reaches:
+                    role = " (mirror)" if reach.mirror else ""
+                    line = f"{spec.name}: {reach.label}{role} "
+                    if reach.ok:
+                        console.print(line + f"[green]answers[/] ({reach.detail})")
+                    else:
+                        err.print(line + f"[red]does not serve the file[/] ({reach.detail})")
+        console.print(f"{answering} of {asked} source(s) answer; {failures} checkpoint(s) have no source that does")
+        if failures:
+            raise typer.Exit(1)
+        return
     if verify and not names and not all_models:
         checked = 0
         for spec in registry().values():
             for source in spec.weights:
-                path = hub.cached_path(source)
-                if path is None:
-                    continue
-                checked += 1
-                result = hub.check_file(path, source, rehash=True)
-                if result.ok:
-                    console.print(f"{spec.name}: {path} [green]ok[/] (sha256 {result.sha256[:16]}...)")
-                else:
-                    failures += 1
-                    err.print(f"[red]{spec.name}: {path} fails its check[/] ({result.problem}); "
-                              f"`sfsep fetch --verify {spec.name}` downloads it again")
+                for result in hub.verify_source(source):
+                    checked += 1
+                    if result.ok:
+                        console.print(f"{spec.name}: {result.path} [green]ok[/] (sha256 {result.sha256[:16]}...)")
+                    else:
+                        failures += 1
+                        err.print(f"[red]{spec.name}: {result.path} fails its check[/] ({result.problem}); "
+                                  f"`sfsep fetch --verify {spec.name}` downloads it again")
         console.print(f"{checked} cached file(s) checked, {failures} failed ({hub.cache_dir()})")
         if failures:
             raise typer.Exit(1)
@@ -579,7 +602,7 @@ def fetch(
             continue
         for source in spec.weights:
             try:
-                path = hub.ensure(source, progress=None, force_check=verify, model=spec.name,
+                path = hub.ensure(source, progress=None, model=spec.name,
                                   log=lambda message: err.print(f"[yellow]{message}[/]"))
             except WeightsError as exc:
                 failures += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -31,7 +32,8 @@ expect. Without its weights (offline, no network) the error suggests --model cla
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a checkpoint comes from: a Hugging Face repo file, a plain URL or a Google Drive id."""
+    """Where a checkpoint comes from: a Hugging Face repo file, a plain URL or a Google Drive id,
+    and the hosts that mirror the same file (tried in order when this one fails)."""
 
     url: str | None = None
     hf_repo: str | None = None
@@ -41,6 +43,8 @@ class WeightsSource:
     filename: str | None = None  # the name in the cache
     sha256: str | None = None  # full hex digest, or a prefix (demucs names carry 8 hex digits)
     size: int | None = None  # bytes, where known
+    checksum_source: str | None = None  # where sha256 and size were published
+    mirrors: tuple["WeightsSource", ...] = ()  # the same file elsewhere; same name, digest and size
 
     @property
     def cache_name(self) -> str:
@@ -97,6 +101,31 @@ _SPEC_KEYS = frozenset(ModelSpec.__dataclass_fields__) - {"name"}
 """The keys a [models.NAME] table may hold: ModelSpec's fields, bar the name (the table's own)."""
 
 _WEIGHTS_KEYS = set(WeightsSource.__dataclass_fields__)
+_MIRROR_KEYS = {"url", "hf_repo", "hf_filename", "hf_revision", "gdrive_id"}
+"""A mirror only says where: the name in the cache, the digest and the size are its entry's."""
+
+
+def _has_location(entry: dict) -> bool:
+    return bool(entry.get("url") or entry.get("gdrive_id") or (entry.get("hf_repo") and entry.get("hf_filename")))
+
+
+def _mirrors(raw: Any, name: str, primary: WeightsSource) -> tuple[WeightsSource, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ModelError(f"models.toml: model '{name}': mirrors must be a list of tables "
+                         f"([[models.{name}.weights.mirrors]])")
+    mirrors = []
+    for entry in raw:
+        unknown = sorted(set(entry) - _MIRROR_KEYS)
+        if unknown:
+            raise ModelError(f"models.toml: model '{name}': unknown mirror keys {unknown} (a mirror takes "
+                             f"{', '.join(sorted(_MIRROR_KEYS))}; its file, sha256 and size are the entry's)")
+        if not _has_location(entry):
+            raise ModelError(f"models.toml: model '{name}': a mirror needs url, gdrive_id, or hf_repo and hf_filename")
+        where = {key: entry.get(key) for key in _MIRROR_KEYS}
+        mirrors.append(replace(primary, filename=primary.cache_name, mirrors=(), **where))
+    return tuple(mirrors)
 
 
 def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
@@ -111,10 +140,16 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
         if unknown:
             raise ModelError(f"models.toml: model '{name}': unknown weights keys {unknown} "
                              f"(known: {', '.join(sorted(_WEIGHTS_KEYS))})")
-        if not (entry.get("url") or entry.get("gdrive_id") or (entry.get("hf_repo") and entry.get("hf_filename"))):
+        if not _has_location(entry):
             raise ModelError(f"models.toml: model '{name}': a weights entry needs url, gdrive_id, "
                              f"or hf_repo and hf_filename")
-        sources.append(WeightsSource(**entry))
+        fields = {key: value for key, value in entry.items() if key != "mirrors"}
+        sha256 = fields.get("sha256")
+        if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256)):
+            raise ModelError(f"models.toml: model '{name}': sha256 must be hex digits (the full 64, or a prefix "
+                             f"of at least 8), not {sha256!r}")
+        primary = WeightsSource(**fields)
+        sources.append(replace(primary, mirrors=_mirrors(entry.get("mirrors"), name, primary)))
     return tuple(sources)
 
 

@@ -1,9 +1,11 @@
 """A threaded HTTP server on 127.0.0.1 that imitates the hosts sfsep downloads weights from.
 
 Used by tests/test_hub.py and tests/test_registry.py (never touches the network). It serves
-byte strings at paths, honours `Range: bytes=N-` (206 + Content-Range), and can misbehave on
-demand: drop the connection halfway, answer 404 or 500, serve corrupted bytes or a web page,
-or trickle the body slowly (to make two downloads overlap). It also imitates
+byte strings at paths, honours `Range: bytes=N-` (206 + Content-Range) and `If-Range` (a
+validator that is not the file's current ETag or Last-Modified gets the whole file, 200), sends
+a strong ETag made from the content unless told not to, and can misbehave on demand: drop the
+connection halfway, answer 404 or 500, serve corrupted bytes or a web page, or trickle the body
+slowly (to make two downloads overlap). It also imitates
 
 - the Hugging Face endpoint (`/<repo>/resolve/<revision>/<file>` with X-Repo-Commit and an ETag
   holding the file's sha256), as huggingface_hub's `hf_hub_download` expects it;
@@ -11,7 +13,8 @@ or trickle the body slowly (to make two downloads overlap). It also imitates
   page, either the current form (action `/download`, hidden `id`, `export`, `confirm`, `uuid`) or
   the older cookie (`download_warning_...`) plus a `confirm=` link.
 
-Every request is logged as (method, path, Range header) in `server.requests`.
+Every request is logged as (method, path, Range header) in `server.requests`, and its If-Range
+header in `server.if_ranges` (same order).
 """
 
 from __future__ import annotations
@@ -33,12 +36,19 @@ class Entry:
     delay: float = 0.0  # seconds between 64 kB pieces of the body
     headers: dict | None = None
     content_type: str = "application/octet-stream"
+    etag: bool = True  # send ETag: "<16 hex of the content's sha256>" (when headers give none)
+    last_modified: str | None = None  # an HTTP date to send as Last-Modified
+
+
+def content_etag(data: bytes) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()[:16]}"'
 
 
 class LoopbackServer:
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
         self.requests: list[tuple[str, str, str | None]] = []
+        self.if_ranges: list[str | None] = []
         self.gdrive: dict[str, tuple[bytes, str]] = {}
         self.lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -85,6 +95,7 @@ def _handler(server: LoopbackServer):
         def _log(self) -> None:
             with server.lock:
                 server.requests.append((self.command, self.path, self.headers.get("Range")))
+                server.if_ranges.append(self.headers.get("If-Range"))
 
         def do_HEAD(self) -> None:
             self._log()
@@ -121,7 +132,8 @@ def _handler(server: LoopbackServer):
             if entry.mode == "corrupt":
                 broken = bytearray(entry.data)
                 broken[len(broken) // 3] ^= 0xFF
-                return self._send(Entry(bytes(broken), headers=entry.headers, delay=entry.delay), head)
+                return self._send(Entry(bytes(broken), headers=entry.headers, delay=entry.delay, etag=entry.etag,
+                                        last_modified=entry.last_modified), head)
             return self._send(entry, head)
 
         def _gdrive_uc(self, query: dict) -> None:
@@ -158,7 +170,15 @@ def _handler(server: LoopbackServer):
         def _send(self, entry: Entry, head: bool, drop: bool = False) -> None:
             data = entry.data
             start = 0
+            validators = dict(entry.headers or {})
+            if entry.etag and "ETag" not in validators:
+                validators["ETag"] = content_etag(data)
+            if entry.last_modified:
+                validators["Last-Modified"] = entry.last_modified
             requested = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            if if_range is not None and if_range not in (validators.get("ETag"), validators.get("Last-Modified")):
+                requested = None  # RFC 9110: the file changed, so the whole of it
             if requested and requested.startswith("bytes="):
                 start = int(requested[len("bytes="):].split("-")[0] or 0)
                 if start >= len(data):
@@ -175,7 +195,7 @@ def _handler(server: LoopbackServer):
             self.send_header("Content-Type", entry.content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
-            for key, value in (entry.headers or {}).items():
+            for key, value in validators.items():
                 self.send_header(key, value)
             self.end_headers()
             if head:

@@ -137,7 +137,7 @@ def test_corrupted_cached_file_is_reported_and_downloaded_again(server, cache):
 def test_without_a_published_digest_the_recorded_one_guards_the_cache(server, cache):
     source = WeightsSource(url=server.add("/w/nodigest.ckpt", PAYLOAD))
     path = hub.ensure(source, progress=False)
-    assert hub.check_file(path, source, rehash=True).ok
+    assert hub.check_file(path, source).ok
     path.write_bytes(PAYLOAD[:-1] + b"!")
     assert not hub.check_file(path, source).ok
     messages: list[str] = []
@@ -218,7 +218,7 @@ CONCURRENT = textwrap.dedent("""
     url, digest, folder, name = sys.argv[1:5]
     if len(sys.argv) > 5:  # only to show that the test can fail: no lock at all
         import contextlib
-        hub.FileLock = lambda path: contextlib.nullcontext()
+        hub._download_lock = lambda path: contextlib.nullcontext()
     Path(folder, "ready-" + name).touch()
     while not Path(folder, "go").exists():  # start both downloads at the same moment
         time.sleep(0.01)

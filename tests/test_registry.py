@@ -100,7 +100,7 @@ def test_stems_rate_chunking_and_sources(name):
         url = source.url or ""
         if "dl.fbaipublicfiles.com" in url:
             prefix = re.search(r"-([0-9a-f]{8})\.th$", url).group(1)
-            assert source.sha256 == prefix  # demucs names carry their sha256 prefix
+            assert source.sha256.startswith(prefix)  # demucs names carry their sha256's first 8 hex digits
         if source.sha256:
             assert re.fullmatch(r"[0-9a-f]{8,64}", source.sha256)
 
