@@ -173,7 +173,7 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
     `sfsep.checkpoint` (no code in them runs) and loaded strictly.
     """
     from . import checkpoint, hub
-    from .models import builder, checkpoint_config
+    from .models import builder, checkpoint_config, limits
     from .registry import spec_from_config
 
     spec = get_spec(model) if isinstance(model, str) else model
@@ -194,6 +194,9 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
             f"model '{spec.name}': its architecture '{spec.family}' is not available in this version of "
             f"sfsep ({exc}); use another model (`sfsep models` shows which are ready) or --model classic"
         ) from exc
+    if not _registry_own(spec):  # a user's config: refused before anything of its size is allocated
+        limits.check_fields(spec.family, spec.config, spec.config_source or f"model '{spec.name}'")
+        limits.check_fits(spec, spec.config_source or f"model '{spec.name}'")
     if weights is not None:
         paths = [Path(weights)]
         if not paths[0].is_file():
@@ -207,6 +210,9 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
         loaded = checkpoint.load_checkpoint(path)
         # A checkpoint that records how it was built (a demucs package's kwargs) is authoritative.
         model_config, own_stems = checkpoint_config(spec, loaded.kwargs)
+        if weights is not None and model_config != spec.config:  # the constructor kwargs a package records
+            limits.check_fields(spec.family, model_config, f"{path} (its recorded kwargs)")
+            limits.check_fits(replace(spec, config=model_config), f"{path} (its recorded kwargs)")
         stems = own_stems or stems
         module = build_model(spec.family, model_config)
         checkpoint.load_state(module, loaded.state, source=path)
@@ -224,6 +230,14 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
         contract = run_contract(spec, modules[0])
         return Separator(spec, device=device, modules=[_WeightedBag(modules, bag_weights)], contract=contract)
     return Separator(spec, device=device, modules=modules)
+
+
+def _registry_own(spec: ModelSpec) -> bool:
+    """True for a spec exactly as models.toml states it (its config is the published one)."""
+    try:
+        return get_spec(spec.name) == spec
+    except ModelError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -376,6 +376,9 @@ def spec_from_config(config: dict[str, Any], *, name: str, base: ModelSpec | Non
     if family is None:
         raise UsageError(f"{source}: cannot tell which architecture this config is for; add --model NAME "
                          f"(a model of the same family, `sfsep models` lists them)")
+    from .models.limits import check_fields  # every field's type and range, before anything reads them
+
+    check_fields(family, config, source)
     common = dict(
         name=base.name if base is not None else name,
         family=family,
