@@ -256,7 +256,8 @@ def _sorting_network(count: int) -> tuple[tuple[int, int], ...]:
         if 2 * stride < length:
             merge(first, length, 2 * stride)
             merge(first + stride, length, 2 * stride)
-            pairs.extend((index, index + stride) for index in range(first + stride, first + length - stride, 2 * stride))
+            starts = range(first + stride, first + length - stride, 2 * stride)
+            pairs.extend((index, index + stride) for index in starts)
         else:
             pairs.append((first, first + stride))
 
@@ -696,7 +697,8 @@ class ClassicSeparator(_MaskSeparator):
         windows = padded.unfold(0, width, distance)  # (>= segments, bands, width): segment j's columns
         device = features.device
         # Column c of segment j's window is frame (j - reach) d + c; row i of it is frame j d + i.
-        offsets = torch.arange(width, device=device)[None] - reach * distance - torch.arange(distance, device=device)[:, None]
+        offsets = (torch.arange(width, device=device)[None] - reach * distance
+                   - torch.arange(distance, device=device)[:, None])
         outside = offsets.abs() > window  # (distance, width), the same for every segment
         # A block of segments holds its similarities (with a few temporaries of that size).
         block = int(max(1, self.block_bytes // (4 * distance * width * element_size)))
