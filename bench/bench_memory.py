@@ -41,6 +41,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,8 @@ def main() -> None:
                                  Path(args.scratch))))
         return
 
+    # A SIGTERM to the bench unwinds like Ctrl-C: the running child is stopped, its scratch removed.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     models, rates, lengths = parse_list(args.models, str), parse_list(args.rates, int), parse_list(args.minutes, float)
     cases = [(model, rate, minutes) for model in models for rate in rates for minutes in sorted(lengths)]
     if args.two_hours:
