@@ -457,11 +457,14 @@ class StagedStems:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
+                self._files[name] = (temporary, None)  # known to discard() before it is opened
                 self._files[name] = (temporary, sf.SoundFile(temporary, "w", samplerate=rate, channels=channels,
                                                              subtype=subtype, format=WRITE_FORMATS[fmt]))
-            except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            except BaseException as exc:  # Ctrl-C while staging too: no .part file is left
                 self.discard()
-                raise AudioError(f"{path.parent}: cannot write in the output folder ({_short(exc)})") from exc
+                if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
+                    raise AudioError(f"{path.parent}: cannot write in the output folder ({_short(exc)})") from exc
+                raise
 
     def __enter__(self) -> "StagedStems":
         return self
