@@ -26,11 +26,13 @@ wall / 63.6 s CPU (14.2x realtime per CPU-second; a 66-s chunk grows the peak RS
 time(15) / time(3) = 4.01 wall, 4.50 CPU (18 chunks against 4: the 3-min run pays a
 relatively longer last overlap). The 60-min run was not possible at that load; at 14x
 realtime per CPU-second it needs ~250 CPU-seconds, i.e. >= 5x realtime whenever the process
-gets more than a third of one core. Quality, median SDR over 1-s windows, clip 1 (60 s; the
-run of clips 2-3 was cut short by the machine), old (window 0, whole) -> new (default,
-chunked): vocals 3.55 -> 5.60, drums 2.06 -> 2.06, bass 1.77 -> 1.85, other 1.63 -> 3.80 dB.
-Whole-signal runs of clips 1-2 with windows of +-2/4/6 s all scored above window 0 (clip 2,
-+-2 s: vocals 4.04 -> 5.78, other 1.84 -> 2.88 dB).
+gets more than a third of one core. Quality, median SDR over 1-s windows of three 60-s clips
+(seeds 1-3), old (window 0, whole) -> new (default, chunked), dB:
+    clip 1: vocals 3.55 -> 5.60, drums 2.06 -> 2.06, bass 1.77 -> 1.85, other 1.63 -> 3.80
+    clip 2: vocals 4.04 -> 5.41, drums 1.80 -> 1.80, bass 1.45 -> 1.66, other 1.84 -> 2.65
+    clip 3: vocals 4.04 -> 5.49, drums 1.53 -> 1.53, bass 1.40 -> 1.51, other 1.06 -> 2.38
+    mean:   vocals 3.88 -> 5.50, drums 1.80 -> 1.80, bass 1.54 -> 1.67, other 1.51 -> 2.94
+Whole-signal runs with windows of +-2/4/6 s scored alike (clip 1 vocals 5.81/5.69/5.41).
 
     python bench/bench_classic.py [--minutes 3,15,60] [--threads 2] [--quality]
         [--quality-only] [--clips 3] [--clip-seconds 90]
