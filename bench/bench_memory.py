@@ -23,6 +23,12 @@ rate the peak of the longest run minus that of the shortest, against the target:
 100 MB between 1 and 60 minutes (PASS / FAIL). --two-hours adds 120 minutes of 8 kHz stereo
 through `classic`, which must separate (its peak is printed).
 
+The allocator. With glibc's defaults a freed tensor's memory often stays in the heap for reuse,
+so the peak includes retention that moves from run to run of the same case (HT-Demucs, 1 min:
+1125 and 1277 MB; conv_tasnet_tiny, 1 min: 477-528 MB). --mmap-threshold 131072 makes every
+tensor above 128 KiB go back to the system when freed: the peaks are then what the flow holds
+and repeat within a few MB, at some cost in system time (page faults).
+
 HT-Demucs at full size runs about 0.35x realtime on 2 idle CPU cores whatever the input rate (it
 runs at 44.1 kHz; demucs' 25% chunk overlap included), so a 10-minute case takes about half an
 hour and a 60-minute one some three hours, several times that on a busy machine; run them
@@ -164,8 +170,11 @@ def run_case(model: str, rate: int, minutes: float, args) -> dict:
         command += ["--batch-size", str(args.batch_size)]
     child = None
     try:
+        environment = dict(os.environ)
+        if args.mmap_threshold is not None:
+            environment["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            child = subprocess.Popen(command, stdout=out, stderr=err)
+            child = subprocess.Popen(command, stdout=out, stderr=err, env=environment)
             largest, stopped = 0, None
             deadline = time.monotonic() + args.timeout * 60 if args.timeout else None
             while True:
@@ -228,6 +237,10 @@ def main() -> None:
     parser.add_argument("--max-mb", type=float, default=8000.0,
                         help="stop a case whose resident memory passes this many MB (default 8000)")
     parser.add_argument("--timeout", type=float, default=None, help="stop a case after this many minutes")
+    parser.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="run the children with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 131072): "
+                             "freed tensors go back to the system, so the peak is what the flow holds "
+                             "(default: the allocator's own settings, as a user runs sfsep)")
     parser.add_argument("--tmp", default=None, help="where the children's scratch folders go (default: the "
                         "system's temporary folder; 60 min at 44.1 kHz needs ~3.2 GB there)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -248,7 +261,9 @@ def main() -> None:
         cases.append(("classic", 8000, 120.0))
 
     print(f"load average (1, 5, 15 min): {' '.join(f'{value:.2f}' for value in os.getloadavg())} "
-          f"on {os.cpu_count()} CPUs; {args.threads} torch threads per case")
+          f"on {os.cpu_count()} CPUs; {args.threads} torch threads per case; allocator: "
+          + (f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold is not None
+             else "glibc defaults"))
     print(f"{'model':<9} {'rate':>6} {'min':>5} {'seconds':>9} {'speed':>7} {'peak MB':>9} {'setup MB':>9}")
     results: dict[tuple[str, int, float], dict] = {}
     for model, rate, minutes in cases:
