@@ -111,6 +111,9 @@ class RunContract:
     - `batch_size`: chunks per model call. `normalize`: how the mixture is standardized before
       the model (None, "msst", "demucs", "demucs_v2"; see `mixture_scale`).
     - `residual_stem`: a stem computed as the mixture minus the model's stems.
+    - `any_length`: the model takes an input of any length, so a signal shorter than one
+      segment runs as it is instead of zero-padded to a whole segment (style "fade" only: the
+      padding would cost a whole segment's work and change the estimate near its end).
     """
 
     style: str = "fade"
@@ -124,6 +127,7 @@ class RunContract:
     batch_size: int = 1
     normalize: str | None = None
     residual_stem: str | None = None
+    any_length: bool = False
 
 
 def check_contract(contract: RunContract) -> None:
@@ -401,6 +405,11 @@ class _FadePlan(_Plan):
 
     def chunks(self):
         return [Chunk(start, min(self.segment, self.length - start)) for start in self.starts]
+
+    def model_input(self, chunk, part):
+        if self.contract.any_length and self.length < self.segment:
+            return part  # the single chunk of a short signal, as it is
+        return super().model_input(chunk, part)
 
     def weight(self, index, chunk, group, total):
         return fade_weight(self.starts, index, self.segment, self.length)

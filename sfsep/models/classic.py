@@ -987,11 +987,13 @@ def run_contract(spec, module: nn.Module):
     overlap the module states for its own rate (`run_contract_hint`), so memory stays bounded
     and the cost linear whatever the track's length. A spec that states its own chunking
     (a chunk_size in models.toml) is run by it instead."""
+    from dataclasses import replace
+
     from ..inference import RunContract
     from . import spec_contract
 
     if spec.chunk_size is not None:
-        return spec_contract(spec)
+        return replace(spec_contract(spec), any_length=True)
     segment, overlap = module.run_contract_hint()
     return RunContract(style="fade", segment=segment, overlap=overlap, batch_size=1,
-                       residual_stem=spec.residual_stem)
+                       residual_stem=spec.residual_stem, any_length=True)
