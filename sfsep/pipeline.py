@@ -82,6 +82,7 @@ class Separator:
         self.device = resolve_device(device)
         self._modules_by_rate: dict[int | None, list[torch.nn.Module]] = {}
         self._contracts: dict[int | None, RunContract] = {}
+        self._identity: dict | None = None
         if modules is not None:
             self._modules_by_rate[spec.trained_rate] = [m.to(self.device).eval() for m in modules]
             self._contracts[spec.trained_rate] = contract or run_contract(spec, modules[0])
@@ -135,6 +136,34 @@ class Separator:
         if settings.batch_size is not None:
             contract = replace(contract, batch_size=settings.batch_size)
         return contract
+
+    def identity(self) -> dict:
+        """What this separator is, for keying stored results: its name, a sha256 of its spec
+        (architecture config, stems, rates, chunking: everything models.toml or --config says) and
+        a sha256 of its loaded weights (every tensor of every module's state, with its name,
+        dtype and shape), so that other weights under the same name never pass for these. The
+        weights are hashed once (a 900 MB checkpoint takes about two seconds); a model with no
+        weights (the classical ones) has none."""
+        if self._identity is None:
+            import hashlib
+            import json
+            from dataclasses import asdict
+
+            spec_text = json.dumps(asdict(self.spec), sort_keys=True, default=str)
+            weights = None
+            loaded = self._modules_by_rate.get(self.spec.trained_rate) if not self.spec.any_rate else None
+            if loaded:
+                digest = hashlib.sha256()
+                for module in loaded:
+                    for key, tensor in sorted(module.state_dict().items()):
+                        value = tensor.detach().to("cpu").contiguous()
+                        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+                        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+                weights = digest.hexdigest()
+            self._identity = {"name": self.spec.name,
+                              "spec_sha256": hashlib.sha256(spec_text.encode()).hexdigest(),
+                              "weights_sha256": weights}
+        return dict(self._identity)
 
     def model_function(self, model_rate: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """(batch, channels, n) -> (batch, stems, channels, n): the model, or the plain mean of

@@ -186,6 +186,69 @@ def test_cli_end_to_end_writes_table_json_plot_and_resumes(run_cli, musdb_root, 
     assert summary["headline_metric"] == "sdr" and summary["settings"]["gate_db"] == -40
 
 
+def test_cli_results_are_keyed_by_the_data_they_come_from(run_cli, tmp_path, monkeypatch):
+    """Issue 13 item 6: `--musdb A` then `--musdb B` into the same --out reported "1 reused" and
+    printed A's score for B. A record is reused only for the same dataset folder and the same
+    file contents (and model, weights, settings, sfsep version)."""
+    first = make_musdb(tmp_path / "A", names=TRACKS[:1])
+    second = tmp_path / "B" / "test" / TRACKS[0]
+    second.mkdir(parents=True)
+    for index, stem in enumerate(("vocals", "drums", "bass", "other", "mixture")):
+        data, rate = sf.read(first / "test" / TRACKS[0] / f"{stem}.wav", dtype="float32")
+        sf.write(second / f"{stem}.wav", 0.5 * data, rate, subtype="FLOAT")  # same track, other level
+    out = tmp_path / "results"
+    counter = _CountingSeparate(monkeypatch)
+    common = ["--model", "classic", "--rates", "16000", "--metrics", "sdr", "--out", out, "--json"]
+
+    def sdr(result) -> float:
+        assert result.code == 0, result
+        results = json.loads(result.out)["results"]
+        return next(r["median"] for r in results if r["target"] == "vocals" and r["metric"] == "sdr")
+
+    score_a = sdr(run_cli("eval", "--musdb", tmp_path / "A", *common))
+    assert counter.calls == 1
+    score_b = sdr(run_cli("eval", "--musdb", tmp_path / "B", *common))
+    assert counter.calls == 2, "dataset B's results were taken from dataset A's records"
+    # Same folder, same contents, files touched: reused without separating again.
+    for path in second.iterdir():
+        path.touch()
+    assert sdr(run_cli("eval", "--musdb", tmp_path / "B", *common)) == score_b
+    assert counter.calls == 2
+    # Same folder, same sizes, other contents: recomputed.
+    data, rate = sf.read(second / "vocals.wav", dtype="float32")
+    sf.write(second / "vocals.wav", 0.9 * data, rate, subtype="FLOAT")
+    sdr(run_cli("eval", "--musdb", tmp_path / "B", *common))
+    assert counter.calls == 3
+    assert score_a == sdr(run_cli("eval", "--musdb", tmp_path / "A", *common, "--force"))
+
+
+def test_records_are_keyed_by_the_weights_and_the_sfsep_version(musdb_root, tmp_path, monkeypatch):
+    """Other weights under the same model name (same spec, same model_id) are not reused, and
+    neither are records written by another sfsep version."""
+    tracks = list_tracks(musdb_root, "test", track=[TRACKS[0]])
+    folder = tmp_path / "weights"
+    options = dict(rates=(16000,), resamplers=("conventional",), metrics=("sdr",))
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, gain: float):
+            super().__init__()
+            self.inner = build_model("classic", {"sample_rate": RATE})
+            self.gain = torch.nn.Parameter(torch.tensor(gain))
+
+        def forward(self, mix):
+            return self.inner(mix) * self.gain
+
+    first = evaluate(_pinned_separator(module=Scaled(1.0)), tracks, folder, **options)
+    assert [r.status for r in first.results] == ["done"]
+    same = evaluate(_pinned_separator(module=Scaled(1.0)), tracks, folder, **options)
+    assert [r.status for r in same.results] == ["skipped"]
+    other = evaluate(_pinned_separator(module=Scaled(0.5)), tracks, folder, **options)
+    assert [r.status for r in other.results] == ["done"]
+    monkeypatch.setattr(eval_runner, "__version__", "0.0.0-other")
+    newer = evaluate(_pinned_separator(module=Scaled(0.5)), tracks, folder, **options)
+    assert [r.status for r in newer.results] == ["done"]
+
+
 @pytest.mark.parametrize("damage,fragment", [
     ("missing", "is missing bass.wav"),
     ("rate", "is at 22050 Hz"),

@@ -37,8 +37,10 @@ Files (under the run's folder, normally eval/<model>/)
     records/<resampler>-<rate>/<subset>/<track>.json   sfsep's record of the cell: settings,
                                                        per-track scores, timings, notes
 The record is written last (atomically), so its presence marks a finished cell. A rerun skips
-the cells whose record covers the requested metrics and was made with the same settings as
-far as that cell depends on them (`cell_settings`: model and weights, targets, gate,
+the cells whose record covers the requested metrics, was made from the same data (`TrackData`:
+the same dataset folder, and the same contents of the mixture and of the sources behind the
+references) by the same sfsep version, and with the same settings as far as that cell depends
+on them (`cell_settings`: model, the sha256 of its spec and of its loaded weights, targets, gate,
 chunking, precision; sigma only for noisy cells, the SNR only for noise cells, the seed only
 for random ones; for trainable cells, the same kernel file content); other cells, and every
 cell under `force`, are computed again. Random resamplers get a seed derived from (seed,
@@ -59,6 +61,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from sfsep import __version__
 from sfsep.audio import write_text_atomic
 from sfsep.errors import ModelError, UsageError
 from sfsep.evaluate.bsseval import SilentSourceError, TrackScores, bss_eval_v4
@@ -97,7 +100,7 @@ DEFAULT_RESAMPLERS = ("conventional", "noisy")
 #: Metric families `--metrics` accepts.
 METRICS = ("bsseval", "sdr", "si_sdr")
 #: Version tag of the record files (bump when their meaning changes: old records are redone).
-RECORD_FORMAT = "sfsep-eval-record/1"
+RECORD_FORMAT = "sfsep-eval-record/2"
 #: Window and hop of the framewise BSSEval, in seconds at the evaluated rate.
 WINDOW_SECONDS = 1.0
 
@@ -325,12 +328,16 @@ class EvalRun:
         return [r.record for r in self.results]
 
 
-def run_settings(model_id: str, model_name: str, settings: Settings, seed: int, targets: TargetMap) -> dict:
-    """What a cell's result depends on (besides track, rate and resampler): a record made
-    with different values is stale."""
+def run_settings(model_id: str, model_name: str, settings: Settings, seed: int, targets: TargetMap,
+                 identity: dict | None = None) -> dict:
+    """What a cell's result depends on (besides the track's data, rate and resampler): a record
+    made with different values is stale. `identity` is `Separator.identity()` (digests of the
+    spec and of the loaded weights)."""
     return {
         "model": model_id,
         "model_name": model_name,
+        "model_identity": identity,
+        "sfsep_version": __version__,
         "targets": list(targets.targets),
         "seed": seed,
         "sigma": settings.sigma,
@@ -375,7 +382,7 @@ def evaluate(
     if not metrics:
         raise UsageError("--metrics: name at least one of " + ", ".join(METRICS))
     targets = musdb_targets(spec.stems, spec.residual_stem, spec.name)
-    fingerprint = run_settings(model_id or spec.name, spec.name, settings, seed, targets)
+    fingerprint = run_settings(model_id or spec.name, spec.name, settings, seed, targets, separator.identity())
     run = EvalRun(folder, model_id or spec.name, tracks[0].subset if tracks else "", tuple(rates),
                   tuple(resamplers), metrics, targets, fingerprint)
 
@@ -400,8 +407,10 @@ def evaluate(
         by_track.setdefault(cell.track.name, []).append(cell)
     for track_cells in by_track.values():
         audio: _TrackAudio | None = None
+        data = TrackData(track_cells[0].track, targets)
         for cell in track_cells:
-            record = None if force else _reusable_record(cell, folder, cell_settings(fingerprint, cell), metrics)
+            record = None if force else _reusable_record(cell, folder, cell_settings(fingerprint, cell), metrics,
+                                                         data)
             if record is not None:
                 done += 1
                 run.results.append(CellResult(cell, "skipped", record))
@@ -413,7 +422,7 @@ def evaluate(
             if audio is None:
                 audio = _TrackAudio(cell.track, targets)
             record = _run_cell(cell, separator, audio, targets, metrics, settings, seed, fingerprint, folder,
-                               chunk_progress)
+                               chunk_progress, data)
             done += 1
             run.results.append(CellResult(cell, "done", record))
             if progress:
@@ -445,7 +454,8 @@ class _TrackAudio:
 
 def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: TargetMap,
               metrics: tuple[str, ...], settings: Settings, seed: int, fingerprint: dict,
-              folder: Path, chunk_progress: Callable[[int, int], None] | None = None) -> dict:
+              folder: Path, chunk_progress: Callable[[int, int], None] | None,
+              data: TrackData) -> dict:
     mixture, references = audio.at(cell.rate)
     seed_used = cell_seed(seed, cell)
     relevant = cell_settings(fingerprint, cell)
@@ -480,6 +490,7 @@ def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: Tar
         "format": RECORD_FORMAT,
         "track": cell.track.name,
         "subset": cell.track.subset,
+        "dataset": data.stamp(),
         "rate": cell.rate,
         "resampler": cell.resampler,
         "model_rate": separation.model_rate,
@@ -530,9 +541,81 @@ def cell_settings(fingerprint: dict, cell: Cell) -> dict:
     return relevant
 
 
-def _reusable_record(cell: Cell, folder: Path, fingerprint: dict, metrics: tuple[str, ...]) -> dict | None:
-    """The cell's stored record when it was made with the settings `fingerprint` (the cell's
-    `cell_settings`) and covers `metrics`, else None."""
+class TrackData:
+    """Which data a track's scores come from: its folder (resolved) and, for the mixture and
+    every source its references are made of, the file's size, modification time and sha256.
+
+    A stored record is reused only for the same folder and the same contents. A file whose size
+    and modification time equal the record's is taken to be unchanged (as make and rsync do),
+    so a rerun does not hash the dataset again; any other file is hashed (about 0.2 s for a
+    4-minute MUSDB stem) and must match the recorded sha256. Hashes are computed at most once
+    per file and run.
+    """
+
+    def __init__(self, track: MusdbTrack, targets: TargetMap):
+        self.track = track
+        used = sorted({name for names in targets.references.values() for name in names})
+        self.stems = ["mixture", *used]
+        self.folder = str(Path(track.folder).resolve())
+        self._digests: dict[str, str] = {}
+
+    def _stat(self, stem: str) -> tuple[int, int] | None:
+        try:
+            stat = self.track.path(stem).stat()
+        except OSError:
+            return None
+        return stat.st_size, stat.st_mtime_ns
+
+    def _digest(self, stem: str) -> str | None:
+        if stem not in self._digests:
+            try:
+                self._digests[stem] = _sha256_file(self.track.path(stem))
+            except OSError:
+                return None
+        return self._digests[stem]
+
+    def stamp(self) -> dict:
+        """The description stored in a record made now."""
+        files = {}
+        for stem in self.stems:
+            stat = self._stat(stem)
+            files[stem] = {"size": stat[0] if stat else None, "mtime_ns": stat[1] if stat else None,
+                           "sha256": self._digest(stem)}
+        return {"folder": self.folder, "files": files}
+
+    def matches(self, stored: object) -> bool:
+        """True when `stored` (a record's "dataset") describes this track's data as it is now."""
+        if not isinstance(stored, dict) or stored.get("folder") != self.folder:
+            return False
+        files = stored.get("files")
+        if not isinstance(files, dict) or set(files) != set(self.stems):
+            return False
+        for stem in self.stems:
+            entry = files[stem]
+            if not isinstance(entry, dict) or not entry.get("sha256"):
+                return False
+            stat = self._stat(stem)
+            if stat is None:
+                return False
+            if (entry.get("size"), entry.get("mtime_ns")) == stat:
+                continue
+            if self._digest(stem) != entry["sha256"]:
+                return False
+        return True
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reusable_record(cell: Cell, folder: Path, fingerprint: dict, metrics: tuple[str, ...],
+                     data: TrackData) -> dict | None:
+    """The cell's stored record when it was made from the same data (`TrackData`), with the
+    settings `fingerprint` (the cell's `cell_settings`), and covers `metrics`, else None."""
     path = cell.record_path(folder)
     if not path.is_file():
         return None
@@ -541,6 +624,8 @@ def _reusable_record(cell: Cell, folder: Path, fingerprint: dict, metrics: tuple
     except (OSError, ValueError):
         return None
     if record.get("format") != RECORD_FORMAT or record.get("settings") != fingerprint:
+        return None
+    if not data.matches(record.get("dataset")):
         return None
     if not set(metrics) <= set(record.get("metrics", ())):
         return None
