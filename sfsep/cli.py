@@ -20,6 +20,7 @@ from typing import Iterator, List, Optional
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -99,8 +100,12 @@ ModelOpt = typer.Option(None, "--model", "-n",
 OutOpt = typer.Option(Path("separated"), "--out", "-o", help="Output folder.")
 FilenameOpt = typer.Option("{track}/{stem}.{ext}", "--filename",
                            help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext}.")
-FormatOpt = typer.Option("wav", "--format", help="wav or flac.")
-BitsOpt = typer.Option(16, "--bits", help="16, 24 or 32 (32 = float, wav only).")
+FormatOpt = typer.Option("wav", "--format", help="wav | flac | mp3 | ogg | opus.")
+BitsOpt = typer.Option(None, "--bits", help="wav and flac: 16 (default), 24 or 32 (32 = float, wav only).")
+BitrateOpt = typer.Option(None, "--bitrate", help="mp3: constant bitrate in kbps (default: the most the rate allows, "
+                                                  "320 at 32-48 kHz).")
+QualityOpt = typer.Option(None, "--quality", help="ogg and opus: 0 to 10 (ogg: oggenc's -q, default 4; opus: "
+                                                  "6 + 25*Q kbps per channel, default libopus' choice).")
 ClipOpt = typer.Option("clamp", "--clip", help="clamp | rescale | none: what to do with samples beyond full scale.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip the file).")
 DownmixOpt = typer.Option(False, "--downmix", help="Fold inputs with more than 2 channels to stereo.")
@@ -176,16 +181,17 @@ def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, d
                     shifts=shifts)
 
 
-def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name, several_tracks=False):
-    from .audio import CLIP_MODES, check_template, subtype_for
+def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name, several_tracks=False, bitrate=None,
+            quality=None):
+    from .audio import CLIP_MODES, check_encoding, check_template
     from .pipeline import OutputOptions
 
-    subtype_for(fmt, bits)
+    check_encoding(fmt, bits=bits, bitrate=bitrate, quality=quality)
     check_template(filename, ext=fmt, several_tracks=several_tracks)
     if clip not in CLIP_MODES:
         raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
     return OutputOptions(out=Path(out) / model_name, filename=filename, format=fmt, bits=bits, clip=clip,
-                         overwrite=overwrite, downmix=downmix)
+                         overwrite=overwrite, downmix=downmix, bitrate=bitrate, quality=quality)
 
 
 @contextmanager
@@ -234,7 +240,9 @@ def separate(
     out: Path = OutOpt,
     filename: str = FilenameOpt,
     fmt: str = FormatOpt,
-    bits: int = BitsOpt,
+    bits: Optional[int] = BitsOpt,
+    bitrate: Optional[int] = BitrateOpt,
+    quality: Optional[float] = QualityOpt,
     clip: str = ClipOpt,
     overwrite: bool = OverwriteOpt,
     downmix: bool = DownmixOpt,
@@ -260,7 +268,8 @@ def separate(
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
     spec, config = _model_and_config(model, config, weights)
-    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=len(files) > 1)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=len(files) > 1,
+                     bitrate=bitrate, quality=quality)
     from .audio import check_input
 
     for path in files:  # a bad file is reported before any model is loaded or downloaded
@@ -313,7 +322,9 @@ def batch(
     out: Path = OutOpt,
     filename: str = FilenameOpt,
     fmt: str = FormatOpt,
-    bits: int = BitsOpt,
+    bits: Optional[int] = BitsOpt,
+    bitrate: Optional[int] = BitrateOpt,
+    quality: Optional[float] = QualityOpt,
     clip: str = ClipOpt,
     overwrite: bool = OverwriteOpt,
     downmix: bool = DownmixOpt,
@@ -349,7 +360,8 @@ def batch(
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
                          shifts)
     spec, config = _model_and_config(model, config, weights)
-    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=True)
+    output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=True,
+                     bitrate=bitrate, quality=quality)
     files = _audio_files(folder, recursive, skip=_output_tree(folder, out, spec.name))
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
@@ -390,7 +402,7 @@ def batch(
         progress.advance(overall)
         rows.append(row)
         if row[1] == "failed":
-            err.print(f"[red]error:[/] {row[2]}")
+            err.print(f"[red]error:[/] {escape(row[2])}")
         elif row[1] == "skipped" and row[2]:
             err.print(f"[yellow]{row[0]}: skipped[/] ({row[2]})")
 
@@ -997,7 +1009,7 @@ def main(argv: list[str] | None = None) -> None:
     except SfsepError as exc:
         if debug:
             _stderr().print_exception()
-        _stderr().print(f"[red]error:[/] {exc}")
+        _stderr().print(f"[red]error:[/] {escape(str(exc))}")
         code = exc.exit_code
     except KeyboardInterrupt:
         _stderr().print("[red]interrupted[/]: no output was left half-written")
