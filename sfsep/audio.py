@@ -547,20 +547,22 @@ class TrackLock:
     per track even when the stems of several tracks share a folder. `acquire()` does not wait: it
     returns False while another process (or another thread of this one) holds the lock. It is an
     `fcntl.flock`, which the system drops when its holder ends, so a killed run leaves no stale
-    lock; `release()` removes the file. Where there is no fcntl (Windows) every acquire succeeds.
+    lock; `release()` removes the file. Where there is no fcntl (Windows), or the file system
+    refuses flock (some network mounts), every acquire succeeds: the run goes on unlocked.
     """
 
     def __init__(self, targets: Iterable[str | os.PathLike]):
         first = min(Path(target) for target in targets)
         self.path = first.parent / f".{first.name}.sfsep.lock"
         self._handle: int | None = None
+        self._unsupported = fcntl is None
 
     @property
     def held(self) -> bool:
-        return self._handle is not None or fcntl is None
+        return self._handle is not None or self._unsupported
 
     def acquire(self) -> bool:
-        if fcntl is None or self._handle is not None:
+        if self.held:
             return True
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         while True:
@@ -574,6 +576,11 @@ class TrackLock:
             except BlockingIOError:
                 os.close(handle)
                 return False
+            except OSError:  # no flock on this file system
+                os.close(handle)
+                _remove(str(self.path))
+                self._unsupported = True
+                return True
             except BaseException:
                 os.close(handle)
                 raise
