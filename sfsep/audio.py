@@ -19,6 +19,7 @@ import errno
 import math
 import os
 import secrets
+import shutil
 import string
 import struct
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .errors import AudioError, UsageError
+from .errors import AudioError, UsageError, os_error_reason
 
 try:
     import fcntl
@@ -66,12 +67,15 @@ class AudioInfo:
 
 
 def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file (use `sfsep batch` for folders)")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    try:
+        if not path.exists():
+            raise AudioError(f"{path}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{path}: is a folder, not an audio file (use `sfsep batch` for folders)")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{path}: the file is empty (0 bytes)")
+    except OSError as exc:  # e.g. a name longer than the file system takes
+        raise AudioError(f"{path}: cannot be read ({os_error_reason(exc, path)})") from exc
 
 
 def _check_riff_complete(path: Path) -> None:
@@ -114,6 +118,29 @@ def inspect(path: str | os.PathLike) -> AudioInfo:
     if info.frames == 0:
         raise AudioError(f"{path}: contains no audio samples")
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+SFE_SYSTEM = 2
+"""libsndfile's code for "System error.": a call into the system failed; errno says which."""
+
+
+def _write_problem(exc: Exception, folder: Path) -> str:
+    """Why a write failed, in plain words. libsndfile reports a full disk, a read-only folder or
+    a file size limit only as "System error."; the C library's errno (which soundfile's cffi
+    keeps) says which, and without it a folder with no free space left says it too."""
+    if isinstance(exc, OSError):
+        return os_error_reason(exc)
+    if getattr(exc, "code", None) == SFE_SYSTEM:
+        ffi = getattr(sf, "_ffi", None)
+        code = getattr(ffi, "errno", 0) if ffi is not None else 0
+        if code:
+            return os_error_reason(OSError(code, os.strerror(code)))
+        try:
+            if shutil.disk_usage(folder).free < BLOCK_FRAMES * 8:
+                return os_error_reason(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        except OSError:
+            pass
+    return _short(exc)
 
 
 def _short(exc: Exception) -> str:
@@ -362,13 +389,13 @@ def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int, clip: str) 
         folder.mkdir(parents=True, exist_ok=True)
         temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
     except OSError as exc:
-        raise AudioError(f"{folder}: cannot write in the output folder ({exc.strerror})") from exc
+        raise AudioError(f"{folder}: cannot write in the output folder ({os_error_reason(exc)})") from exc
     try:
         sf.write(temporary, data, rate, subtype=subtype, format=WRITE_FORMATS[fmt])
     except BaseException as exc:
         _remove(temporary)
         if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
-            raise AudioError(f"{path}: could not be written ({_short(exc)})") from exc
+            raise AudioError(f"{path}: could not be written ({_write_problem(exc, folder)})") from exc
         raise
     return temporary, WriteReport(path, clipped, scale)
 
@@ -463,7 +490,8 @@ class StagedStems:
             except BaseException as exc:  # Ctrl-C while staging too: no .part file is left
                 self.discard()
                 if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
-                    raise AudioError(f"{path.parent}: cannot write in the output folder ({_short(exc)})") from exc
+                    raise AudioError(f"{path.parent}: cannot write in the output folder "
+                                     f"({_write_problem(exc, path.parent)})") from exc
                 raise
 
     def __enter__(self) -> "StagedStems":
@@ -486,7 +514,8 @@ class StagedStems:
         try:
             handle.write(samples.numpy().T)
         except (OSError, sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"{self.targets[name]}: could not be written ({_short(exc)})") from exc
+            raise AudioError(f"{self.targets[name]}: could not be written "
+                             f"({_write_problem(exc, self.targets[name].parent)})") from exc
 
     def _close(self) -> None:
         for _, handle in self._files.values():
@@ -505,7 +534,8 @@ class StagedStems:
             self.discard()
             if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
                 raise AudioError(f"{next(iter(self.targets.values())).parent}: the stems could not be "
-                                 f"written ({_short(exc)}); none of the previous ones was replaced") from exc
+                                 f"written ({_write_problem(exc, next(iter(self.targets.values())).parent)}); "
+                                 f"none of the previous ones was replaced") from exc
             raise
         self._files = {}
         return [WriteReport(path, self.clipped[name], scales[name]) for name, path in self.targets.items()]
@@ -570,7 +600,8 @@ class TrackLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 handle = os.open(self.path, flags, 0o666)
             except OSError as exc:
-                raise AudioError(f"{self.path.parent}: cannot write in the output folder ({exc.strerror})") from exc
+                raise AudioError(f"{self.path.parent}: cannot write in the output folder "
+                                 f"({os_error_reason(exc)})") from exc
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

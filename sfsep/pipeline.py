@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from . import audio as audio_io
-from .errors import AudioError, ModelError, ResampleError, UsageError
+from .errors import AudioError, ModelError, ResampleError, UsageError, long_name, os_error_reason
 from .inference import (MixtureStatistics, ProgressCallback, RunContract, count_chunks, resolve_device,
                         run_chunks)
 from .models import build_model, run_contract
@@ -658,7 +658,15 @@ def separate_file(
     separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
     audio_io.subtype_for(output.format, output.bits)  # reject impossible format/bits before any work
     targets = stem_paths(path, separator, output, track=track)
-    existing = [p for p in targets.values() if p.exists()]
+    for target in targets.values():
+        too_long = long_name(target)
+        if too_long:
+            raise AudioError(f"{target}: cannot be written ({too_long}); shorten --out, --filename or the "
+                             f"input file's name")
+    try:
+        existing = [p for p in targets.values() if p.exists()]
+    except OSError as exc:
+        raise AudioError(f"{exc.filename}: cannot be written ({os_error_reason(exc)})") from exc
     info = audio_io.check_input(path, downmix=output.downmix)
     if existing and not output.overwrite:
         return FileResult(path, "skipped", info.rate, notes=[f"{existing[0]} exists (use --overwrite to replace)"])
@@ -673,7 +681,14 @@ def separate_file(
     length = sum(block.shape[-1] for block in blocks())
     channels = min(info.channels, 2)
     bandwidth = audio_io.file_bandwidth(info)
-    flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
+    try:
+        flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
+    except ModelError as exc:
+        if not separator.spec.any_rate:
+            raise
+        # A model that runs at the input's own rate is built for this file's rate: the file is the cause.
+        raise AudioError(f"{path}: model '{separator.name}' cannot separate a file sampled at {info.rate} Hz "
+                         f"({exc}); resample the file first") from exc
     with audio_io.TrackLock(targets.values()) as lock:  # two runs never write one track at once
         if not lock.held:
             return FileResult(path, "skipped", info.rate, busy=True,

@@ -1,0 +1,193 @@
+"""What the system refuses ends in one clear line, through the real entry point: a name longer
+than the file system takes, a read-only weights cache, a full disk, a rate a model cannot run
+at; and input that is not what it claims (a truncated MP3, a NaN in a reference stem)."""
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+
+def _one_line_error(result, *fragments):
+    assert result.code != 0, result
+    lines = [line for line in result.err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _files_below(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+LONG = "a" * 300
+
+
+# --------------------------------------------------------------------------------------------
+# A 300-character path component
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(run_cli, wav_file, tmp_path):
+    song = wav_file("song.wav")
+    missing = tmp_path / f"{LONG}.wav"
+    for args in (("separate", missing, "--model", "classic", "--out", tmp_path / "o"), ("info", missing)):
+        _one_line_error(run_cli(*args), f"{LONG}.wav: cannot be read", "304 bytes long",
+                        "the file system takes at most 255")
+    out = tmp_path / "o"
+    _one_line_error(run_cli(song, "--model", "classic", "--out", out / LONG), "cannot be written",
+                    "300 bytes long", "shorten --out, --filename")
+    _one_line_error(run_cli(song, "--model", "classic", "--out", out, "--filename", "{track}/{stem}" + LONG + ".{ext}"),
+                    "310 bytes long")
+    result = run_cli("batch", tmp_path / LONG, "--model", "classic", "--out", out)
+    _one_line_error(result, "300 bytes long")
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "song.wav").write_bytes(song.read_bytes())
+    result = run_cli("batch", music, "--model", "classic", "--out", out / LONG)
+    assert result.code == 1 and "Traceback" not in result.err + result.out, result
+    assert "300 bytes long" in result.err + result.out
+    assert _files_below(out) == []
+
+
+# --------------------------------------------------------------------------------------------
+# A read-only SFSEP_CACHE
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(folder): writes below `folder` fail as on a read-only file system (EROFS) —
+    the mode bits do not stop root, which the tests may run as, so the system calls are refused."""
+    folders: list[str] = []
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def inside(path) -> bool:
+        path = os.path.abspath(os.fsdecode(path))
+        return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    return lambda folder: folders.append(os.path.abspath(folder))
+
+
+@pytest.fixture
+def tiny_registry(tmp_path, monkeypatch):
+    """A models.toml with one model whose weights come from a (never reached) loopback URL and
+    whose full sha256 is that of `content`."""
+    from sfsep import registry
+
+    content = b"weights we trust"
+    path = tmp_path / "models.toml"
+    path.write_text(f"""
+[models.tiny]
+family = "conv_tasnet"
+trained_rate = 44100
+stems = ["drums", "bass", "other", "vocals"]
+chunk_size = 44100
+[models.tiny.config]
+sources = ["drums", "bass", "other", "vocals"]
+[[models.tiny.weights]]
+url = "http://127.0.0.1:9/tiny.th"
+sha256 = "{hashlib.sha256(content).hexdigest()}"
+""")
+    monkeypatch.setenv("SFSEP_REGISTRY", str(path))
+    registry._registry_at.cache_clear()
+    yield content
+    registry._registry_at.cache_clear()
+
+
+def test_a_read_only_cache_is_one_line_in_fetch_and_separate(run_cli, wav_file, tmp_path, monkeypatch,
+                                                             read_only, tiny_registry):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SFSEP_CACHE", str(cache))
+    read_only(cache)
+    for args in (("fetch", "tiny"), (wav_file("song.wav"), "--model", "tiny", "--out", tmp_path / "o")):
+        _one_line_error(run_cli(*args), f"{cache}", "cannot write the weights of model 'tiny'",
+                        "read-only", "SFSEP_CACHE")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_read_only_cache_that_holds_the_weights_is_enough(run_cli, tmp_path, monkeypatch, read_only,
+                                                            tiny_registry):
+    cache = tmp_path / "shared-cache"
+    (cache / "weights").mkdir(parents=True)
+    (cache / "weights" / "tiny.th").write_bytes(tiny_registry)
+    monkeypatch.setenv("SFSEP_CACHE", str(cache))
+    read_only(cache)
+    result = run_cli("fetch", "tiny")
+    assert result.code == 0, result
+    assert "tiny.th ok" in result.out
+
+
+# --------------------------------------------------------------------------------------------
+# A full disk
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_says_no_space_is_left(run_cli, wav_file, tmp_path, monkeypatch):
+    """Every audio file sfsep writes goes to /dev/full, where the system's write fails with
+    ENOSPC as on a full disk; libsndfile itself only reports "System error."."""
+    song = wav_file("song.wav")
+    real_init = sf.SoundFile.__init__
+
+    def to_full_device(self, file, mode="r", *args, **kwargs):
+        if "w" in mode:
+            file = "/dev/full"
+        return real_init(self, file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "__init__", to_full_device)
+    out = tmp_path / "out"
+    _one_line_error(run_cli(song, "--model", "classic", "--out", out), "no space left on the device")
+    assert _files_below(out) == []
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_a_file_size_limit_reached_while_writing_says_no_space_is_left(wav_file, tmp_path):
+    """RLIMIT_FSIZE stops each stem after 200 kB, in the middle of the streamed write."""
+    song = wav_file("song.wav", rate=44100, seconds=4.0)  # 700 kB per 16-bit stereo stem
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "sfsep", str(song), "--model", "classic", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size,
+                            env={**os.environ, "COLUMNS": "200"})
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "no space left" in lines[0] and "ulimit -f" in lines[0], lines
+    assert _files_below(out) == []
+
+
+# --------------------------------------------------------------------------------------------
+# A rate a model cannot run at
+
+
+def test_classic_on_a_1_hz_file_names_the_file(run_cli, tmp_path):
+    path = tmp_path / "one_hertz.wav"
+    sf.write(path, np.zeros((16, 2), np.float32), 1)
+    for model in ("classic", "nmf"):
+        result = run_cli(path, "--model", model, "--out", tmp_path / "o")
+        _one_line_error(result, f"{path}: model '{model}' cannot separate a file sampled at 1 Hz", "1000 Hz")
+    assert not (tmp_path / "o").exists()
