@@ -160,19 +160,65 @@ def check_input(path: str | os.PathLike, *, downmix: bool = False, max_channels:
     return info
 
 
+MP3_FRAME = 1152
+"""Samples in one MPEG-1 Layer III frame, the unit an MP3's length is known to."""
+
+
+def _mp3_states_its_length(path: Path) -> bool:
+    """True when an MP3 states its length (a Xing/Info or VBRI header in its first frame, after
+    any ID3v2 tag); without one, libmpg123 estimates the length from the file's size."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(10)
+            start = 0
+            if len(head) == 10 and head[:3] == b"ID3":
+                start = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F))
+            handle.seek(start)
+            data = handle.read(4096)
+    except OSError:
+        return False
+    sync = next((index for index in range(len(data) - 1) if data[index] == 0xFF and data[index + 1] & 0xE0 == 0xE0),
+                None)
+    return sync is not None and any(tag in data[sync:sync + 200] for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def check_length(info: AudioInfo, decoded: int) -> str | None:
+    """Compare the number of frames a file decoded to with the number its header declares.
+
+    libsndfile (libmpg123 for MP3) returns what it can decode of a truncated compressed file
+    without an error: a cut MP3 gave 63407 of its declared 132300 frames. More than 1% (and more
+    than one MP3 frame) missing is an AudioError naming the file. A smaller shortfall in a file
+    that states its length exactly returns a note to show the user; an MP3 without a length
+    header only has an estimate, so a small difference there is not reported.
+    """
+    missing = info.frames - decoded
+    if missing <= 0:
+        return None
+    where = (f"it decodes to {decoded} samples ({decoded / info.rate:.2f} s) but its header declares "
+             f"{info.frames} ({info.frames / info.rate:.2f} s)")
+    if missing > max(MP3_FRAME, info.frames // 100):
+        raise AudioError(f"{info.path}: the file is truncated or damaged: {where}, "
+                         f"{100 * decoded / info.frames:.0f}%; re-export or re-download it")
+    if info.format != "MP3" or _mp3_states_its_length(info.path):
+        return f"{info.path}: {where}; its last {missing / info.rate * 1000:.0f} ms may be missing"
+    return None
+
+
 def read(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 2) -> tuple[torch.Tensor, int]:
     """Decode a file to float32 (channels, samples) and its rate.
 
     More than `max_channels` channels is an error unless `downmix`, which averages them to stereo
     (odd channels to the left, even to the right, as a plain fold-down).
     """
-    path = check_input(path, downmix=downmix, max_channels=max_channels).path
+    info = check_input(path, downmix=downmix, max_channels=max_channels)
+    path = info.path
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: could not be decoded ({_short(exc)})") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    check_length(info, data.shape[0])
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise AudioError(f"{path}: contains {bad} NaN or infinite samples; the file is damaged")
@@ -217,6 +263,7 @@ def read_blocks(path: str | os.PathLike, *, downmix: bool = False, max_channels:
         raise AudioError(f"{path}: could not be decoded ({_short(exc)})") from exc
     if seen == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    check_length(info, seen)
 
 
 # --------------------------------------------------------------------------------------------

@@ -678,7 +678,8 @@ def separate_file(
 
     # First pass: the decoded length (a compressed file's header may only estimate it) and
     # every sample checked for NaN/Inf before anything is written.
-    length = sum(block.shape[-1] for block in blocks())
+    length = sum(block.shape[-1] for block in blocks())  # a truncated file is refused at its end
+    length_note = audio_io.check_length(info, length)
     channels = min(info.channels, 2)
     bandwidth = audio_io.file_bandwidth(info)
     try:
@@ -708,7 +709,7 @@ def separate_file(
         strategy=flow.strategy, reason=flow.reason, bandwidth_hz=bandwidth,
         outputs=[r.path for r in reports],
         clipped={r.path.stem: r.clipped_samples for r in reports if r.clipped_samples},
-        notes=_notes(separator), seconds=time.perf_counter() - started,
+        notes=_notes(separator) + ([length_note] if length_note else []), seconds=time.perf_counter() - started,
     )
 
 

@@ -191,3 +191,43 @@ def test_classic_on_a_1_hz_file_names_the_file(run_cli, tmp_path):
         result = run_cli(path, "--model", model, "--out", tmp_path / "o")
         _one_line_error(result, f"{path}: model '{model}' cannot separate a file sampled at 1 Hz", "1000 Hz")
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# A truncated MP3
+
+
+def _mp3(path: Path, seconds: float = 3.0, rate: int = 44100) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    data = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)], axis=1)
+    sf.write(path, data.astype(np.float32), rate, format="MP3")
+    return path
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile has no MP3")
+def test_a_truncated_mp3_is_refused_with_its_name(run_cli, tmp_path):
+    whole = _mp3(tmp_path / "whole.mp3")
+    content = whole.read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(content[: len(content) // 2])
+    assert sf.info(cut).frames == 132300  # the header still declares the whole length
+    out = tmp_path / "out"
+    line = _one_line_error(run_cli(cut, "--model", "classic", "--out", out), f"{cut}: the file is truncated",
+                           "but its header declares 132300", "re-export or re-download it")
+    assert "decodes to 6" in line  # about 46% of it
+    assert _files_below(out) == []
+    from sfsep import audio
+    from sfsep.errors import AudioError
+
+    with pytest.raises(AudioError, match="cut.mp3: the file is truncated"):
+        audio.read(cut)
+    with pytest.raises(AudioError, match="cut.mp3: the file is truncated"):  # the streaming read too
+        list(audio.read_blocks(cut, block_frames=4096))
+    # The last frame missing from a file that states its length: separated, with a note in sfsep's words.
+    nearly = tmp_path / "nearly.mp3"
+    nearly.write_bytes(content[: int(len(content) * 0.99)])
+    result = run_cli(nearly, "--model", "classic", "--out", out)
+    assert result.code == 0, result
+    assert f"note: {nearly}: it decodes to" in result.out and "may be missing" in result.out
+    result = run_cli(whole, "--model", "classic", "--out", out)
+    assert result.code == 0 and "note" not in result.out, result
