@@ -231,3 +231,34 @@ def test_a_truncated_mp3_is_refused_with_its_name(run_cli, tmp_path):
     assert f"note: {nearly}: it decodes to" in result.out and "may be missing" in result.out
     result = run_cli(whole, "--model", "classic", "--out", out)
     assert result.code == 0 and "note" not in result.out, result
+
+
+# --------------------------------------------------------------------------------------------
+# NaN or Inf in a MUSDB reference stem
+
+
+def _musdb_track(root: Path, bad_stem: str, bad_value: float) -> Path:
+    """A one-track MUSDB18-HQ-shaped folder (1.5 s, mono float) with one bad sample in `bad_stem`."""
+    rate = 44100
+    t = np.arange(int(1.5 * rate)) / rate
+    rng = np.random.default_rng(0)
+    stems = {"vocals": 0.2 * np.sin(2 * np.pi * 330 * t), "drums": 0.1 * rng.standard_normal(t.size),
+             "bass": 0.3 * np.sin(2 * np.pi * 55 * t), "other": 0.1 * np.sin(2 * np.pi * 440 * t)}
+    stems["mixture"] = sum(stems.values())
+    stems[bad_stem][rate // 2] = bad_value
+    folder = root / "test" / "Alpha - First"
+    folder.mkdir(parents=True)
+    for name, data in stems.items():
+        sf.write(folder / f"{name}.wav", data.astype(np.float32)[:, None], rate, subtype="FLOAT")
+    return folder / f"{bad_stem}.wav"
+
+
+@pytest.mark.parametrize("stem,value", [("vocals", float("nan")), ("drums", float("inf"))])
+def test_nan_or_inf_in_a_reference_is_an_error_naming_the_file(run_cli, tmp_path, stem, value):
+    bad = _musdb_track(tmp_path / "musdb", stem, value)
+    out = tmp_path / "results"
+    result = run_cli("eval", "--musdb", tmp_path / "musdb", "--model", "classic", "--rates", "8000",
+                     "--out", out)
+    _one_line_error(result, f"{bad}: the {stem} reference contains 1 NaN or infinite samples", "0.50 s")
+    assert result.code == 1
+    assert not (out / "classic" / "table.csv").exists()
