@@ -106,6 +106,11 @@ def _check_riff_complete(path: Path) -> None:
             position += 8 + chunk_size + (chunk_size & 1)
 
 
+MAX_INPUT_RATE = 1_000_000
+"""The highest sampling rate accepted (ultrasonic recorders reach 500 kHz to 1 MHz). A damaged
+header can claim 2^31 Hz, and the analyses sized by the rate would then ask for gigabytes."""
+
+
 def inspect(path: str | os.PathLike) -> AudioInfo:
     """Rate, channels, length and format of an audio file, without decoding it."""
     path = Path(path)
@@ -117,6 +122,9 @@ def inspect(path: str | os.PathLike) -> AudioInfo:
     _check_riff_complete(path)
     if info.frames == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    if not 0 < info.samplerate <= MAX_INPUT_RATE:
+        raise AudioError(f"{path}: its header gives a sampling rate of {info.samplerate} Hz, more than any audio "
+                         f"sfsep reads (at most {MAX_INPUT_RATE} Hz); the header is probably damaged")
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
 
 

@@ -262,3 +262,20 @@ def test_nan_or_inf_in_a_reference_is_an_error_naming_the_file(run_cli, tmp_path
     _one_line_error(result, f"{bad}: the {stem} reference contains 1 NaN or infinite samples", "0.50 s")
     assert result.code == 1
     assert not (out / "classic" / "table.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# A header that claims an absurd sampling rate (found by tests/test_fuzz_audio.py)
+
+
+def test_a_header_claiming_2_31_hz_is_refused_before_any_analysis(run_cli, wav_file, tmp_path):
+    """A damaged WAV header said 2147483647 Hz: the bandwidth analysis, sized by the rate, then
+    asked for a 2 GB FFT frame. The rate is refused when the header is read."""
+    song = wav_file("song.wav", rate=8000, seconds=0.5)
+    content = bytearray(song.read_bytes())
+    content[24:28] = (2**31 - 1).to_bytes(4, "little")
+    damaged = tmp_path / "damaged.wav"
+    damaged.write_bytes(bytes(content))
+    for args in (("info", damaged), (damaged, "--model", "classic", "--out", tmp_path / "o")):
+        _one_line_error(run_cli(*args), f"{damaged}: its header gives a sampling rate of 2147483647 Hz",
+                        "at most 1000000 Hz")
