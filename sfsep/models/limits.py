@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -478,9 +478,8 @@ def _layer_counts(family: str, config: dict[str, Any]) -> list[tuple[str, str, i
                 ("mask-estimator layers", "model.num_stems x bands x mask_estimator_depth",
                  stems * bands * mask_depth, MAX_MODULES)]
     if family == "scnet":
-        dims = _get(config, "model.dims", [])
-        return [("convolution layers", "model.conv_depths x len(model.dims)",
-                 sum(_get(config, "model.conv_depths", [])) * max(1, len(dims)), MAX_MODULES)]
+        return [("convolution layers", "2 x sum(model.conv_depths)",
+                 2 * sum(_get(config, "model.conv_depths", [3, 2, 1])), MAX_MODULES // 2)]
     if family == "htdemucs":
         prefix = "htdemucs." if isinstance(config.get("htdemucs"), dict) else ""
         return [("residual layers", f"{prefix}depth x {prefix}dconv_depth x 4",
@@ -543,7 +542,6 @@ class Estimate:
     activation_bytes: int
     chunk: int | None = None
     batch: int = 1
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def param_bytes(self) -> int:
