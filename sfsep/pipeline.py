@@ -358,6 +358,16 @@ class _Flow:
             self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             self.noise_scale = self._noise_scale()
         self.contract = separator.contract(self.model_rate, settings)
+        if settings.chunk_seconds is not None and self.contract.segment is not None:
+            # The command line's chunk length gets the check a config's chunk_size gets, before
+            # anything is sized by it. A model that takes any length runs a signal shorter than
+            # one chunk as it is, so its chunk is never longer than the signal.
+            from .models.limits import check_chunk
+
+            chunk = self.contract.segment
+            if self.contract.any_length and self.contract.style == "fade":
+                chunk = min(chunk, self.model_length + (self.model_rate // 2 if settings.shifts > 0 else 0))
+            check_chunk(chunk, len(separator.stem_names), f"--chunk-seconds {settings.chunk_seconds:g}")
         self.normalization = None
         if self.contract.normalize:
             statistics = MixtureStatistics()

@@ -649,6 +649,16 @@ def estimate(spec) -> Estimate:
     return Estimate(params, activations, chunk=int(length), batch=batch)
 
 
+def check_chunk(length: int, stems: int, source: str, *, channels: int = 2, available: int | None = None) -> None:
+    """Refuse a chunk length (--chunk-seconds) whose waveforms alone, one chunk in and its stems
+    out, cannot fit in the memory available: the run would fail at its first chunk."""
+    need = 4 * channels * length * (1 + stems)
+    memory = available if available is not None else available_memory()
+    if memory is not None and need > memory:
+        raise UsageError(f"{source}: one chunk of {length:,} samples needs at least {human_bytes(need)} of memory, "
+                         f"more than the {human_bytes(memory)} available; use a shorter --chunk-seconds")
+
+
 def human_bytes(count: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
         if abs(count) < 1000 or unit == "PB":
