@@ -1014,6 +1014,15 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _stderr().print("[red]interrupted[/]: no output was left half-written")
         code = 130
+    except OSError as exc:  # what the system refused and nothing caught sooner: a full disk, a long name...
+        if debug:
+            _stderr().print_exception()
+        from rich.markup import escape
+
+        from .errors import describe_os_error
+
+        _stderr().print(f"[red]error:[/] {escape(describe_os_error(exc))}")
+        code = 1
     except Exception as exc:  # click's own exceptions (typer may vendor click: match by class name)
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         if "Exit" in kinds:
