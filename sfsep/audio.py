@@ -151,6 +151,11 @@ def inspect(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
+        if path.suffix.lower() in SNDFILE_EXTENSIONS:
+            # A format libsndfile owns and refuses is damaged (or misnamed): FFmpeg would decode
+            # what it can of it with no header length to hold it to, and a cut MP3 would pass.
+            raise AudioError(f"{path}: not an audio file that can be read ({_short(exc)}); if it is "
+                             f"really another format, give it that format's extension") from exc
         return _ffmpeg_inspect(path, exc)
     _check_riff_complete(path)
     if info.frames == 0:
@@ -335,14 +340,12 @@ def _ffmpeg_reason(exc: Exception) -> str:
 
 
 def _ffmpeg_inspect(path: Path, sndfile_error: Exception) -> AudioInfo:
-    """Rate, channels and estimated length of a file libsndfile could not open, through PyAV.
-    Without PyAV: a file with a libsndfile extension is not audio (or damaged); any other names
-    the ffmpeg extra."""
+    """Rate, channels and estimated length, through PyAV, of a file libsndfile could not open
+    and whose extension is not one of libsndfile's (`inspect` refuses those). Without PyAV: an
+    error that names the ffmpeg extra."""
     try:
         import av
     except ImportError:
-        if path.suffix.lower() in SNDFILE_EXTENSIONS:
-            raise AudioError(f"{path}: not an audio file that can be read ({_short(sndfile_error)})") from None
         raise AudioError(f"{path}: not a format libsndfile reads ({_short(sndfile_error)}); reading it needs "
                          f"FFmpeg: {FFMPEG_HINT}") from None
     try:
