@@ -1,0 +1,330 @@
+"""demucs' own Hugging Face repositories (issue 14): models.toml takes demucs' models from the
+Hub's safetensors exports first and from the legacy .th packages when the Hub fails, and a
+safetensors export loads exactly as the .th package it was made from.
+
+The exports here are written the way demucs 4.1.0's tools/export_hf.py writes them (read for the
+format only): the package's state as the tensors, and string metadata `klass` (the class's dotted
+name), `args` and `kwargs` as JSON, a Fraction written as {"_type": "fraction", "numerator": n,
+"denominator": d}. The Hub is tests/loopback_server.py behind HF_ENDPOINT; runs that use it are
+subprocesses (huggingface_hub fixes HF_HOME at import) whose proxy settings send anything but
+127.0.0.1 to a closed port, so nothing here can reach the network.
+"""
+
+from __future__ import annotations
+
+import fractions
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from sfsep import checkpoint, hub
+from sfsep.errors import ModelError, WeightsError
+from sfsep.registry import registry, spec_from_table
+
+from parity import load_fixture
+from test_checkpoint import save_package  # a .th package naming demucs' class, as demucs pickles it
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loopback_server import LoopbackServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KLASS = "demucs.htdemucs.HTDemucs"
+SIGNATURE = "955717e8"  # htdemucs' model in demucs' repositories
+
+# demucs 4.1.0's bags (demucs/remote/<name>.yaml), which its Hub repositories hold as <name>.yaml.
+BAGS = {
+    "htdemucs": ("adefossez/HTDemucs", "models: ['955717e8']\n", None),
+    "htdemucs_ft": ("adefossez/HTDemucs-ft", "models: ['f7e0c4bc', 'd12395a8', '92cfc3b6', '04573f0d']\n"
+                    "weights: [\n  [1., 0., 0., 0.],\n  [0., 1., 0., 0.],\n  [0., 0., 1., 0.],\n  [0., 0., 0., 1.],\n]\n",
+                    [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]),
+    "htdemucs_6s": ("adefossez/HTDemucs-6s", "models: ['5c90dfd2']\n", None),
+}
+
+
+def demucs_json(value) -> str:
+    """JSON as demucs' export writes package arguments: Fractions as tagged objects."""
+    def encode(item):
+        if isinstance(item, fractions.Fraction):
+            return {"_type": "fraction", "numerator": item.numerator, "denominator": item.denominator}
+        return str(item)
+
+    return json.dumps(value, default=encode)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    """The tiny HT-Demucs fixture as a demucs package would hold it: float16 weights (as demucs'
+    published files), its kwargs with the segment as a Fraction (3/10 s)."""
+    fixture = load_fixture("htdemucs_demucsrepo_tiny")
+    kwargs = dict(fixture["config"])
+    kwargs["segment"] = fractions.Fraction(3, 10)
+    return {"kwargs": kwargs, "state": {key: value.half() for key, value in fixture["state_dict"].items()},
+            "config": fixture["config"]}
+
+
+def write_package(path: Path, tiny: dict) -> bytes:
+    save_package(path, tiny["state"], tiny["kwargs"])
+    return path.read_bytes()
+
+
+def write_export(path: Path, tiny: dict, **metadata: str) -> bytes:
+    """A safetensors export in demucs' format; `metadata` replaces (or, with value None, drops) keys."""
+    from safetensors.torch import save_file
+
+    fields = {"klass": KLASS, "args": demucs_json(()), "kwargs": demucs_json(tiny["kwargs"])}
+    fields.update(metadata)
+    save_file({key: value.contiguous() for key, value in tiny["state"].items()}, str(path),
+              metadata={key: value for key, value in fields.items() if value is not None})
+    return path.read_bytes()
+
+
+@pytest.fixture()
+def server():
+    loopback = LoopbackServer()
+    yield loopback
+    loopback.close()
+
+
+def song(tmp_path: Path) -> Path:
+    path = tmp_path / "song.wav"
+    rng = np.random.default_rng(3)
+    sf.write(path, 0.2 * rng.standard_normal((22050, 2)).astype(np.float32), 44100, subtype="FLOAT")
+    return path
+
+
+def closed_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def hub_env(tmp_path: Path, server: LoopbackServer, registry_file: Path | None = None) -> dict:
+    dead = f"http://127.0.0.1:{closed_port()}"
+    env = {**os.environ, "HF_ENDPOINT": server.base, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO),
+           "SFSEP_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1", "COLUMNS": "400",
+           "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead,
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "SFSEP_OFFLINE", "SFSEP_REGISTRY"):
+        env.pop(name, None)
+    if registry_file is not None:
+        env["SFSEP_REGISTRY"] = str(registry_file)
+    return env
+
+
+def sfsep(env: dict, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sfsep", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def stems(folder: Path) -> dict[str, np.ndarray]:
+    found = {path.stem: sf.read(path, dtype="float32")[0] for path in folder.rglob("*.wav")}
+    assert sorted(found) == ["bass", "drums", "other", "vocals"], sorted(found)
+    return found
+
+
+def assert_same_stems(first: Path, second: Path) -> None:
+    one, two = stems(first), stems(second)
+    for name in one:
+        assert np.abs(one[name]).max() > 1e-3, name  # the model did produce something
+        assert np.abs(one[name] - two[name]).max() <= 1e-5, name
+
+
+# --------------------------------------------------------------------------------------------
+# models.toml
+
+
+def test_demucs_models_come_from_their_hub_repositories_first():
+    """Each demucs model: demucs' Hub repository and <signature>.safetensors (named as demucs 4.1.0
+    does), no invented digest, then the legacy .th with its published digest; a bag lists the
+    files and weights of its bag yaml."""
+    models = registry()
+    for name in ("htdemucs", "htdemucs_ft", "htdemucs_6s", "htdemucs_msst"):
+        repo, bag_yaml, bag_weights = BAGS["htdemucs" if name == "htdemucs_msst" else name]
+        signatures = yaml.safe_load(bag_yaml)["models"]
+        spec = models[name]
+        assert [source.hf_filename for source in spec.weights] == [f"{sig}.safetensors" for sig in signatures], name
+        if bag_weights is not None:
+            assert [list(row) for row in spec.bag_weights] == yaml.safe_load(bag_yaml)["weights"] == bag_weights
+        for source, sig in zip(spec.weights, signatures):
+            assert source.hf_repo == repo and source.hf_revision is None, (name, source)
+            assert source.sha256 is None and source.size is None, (name, source)  # none published: TOFU
+            assert "no digest" in source.checksum_source and "trust on first use" in source.checksum_source
+            (legacy,) = source.mirrors
+            assert legacy.url.startswith("https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/")
+            assert legacy.cache_name == legacy.url.rsplit("/", 1)[1]  # its own name in the cache
+            prefix = legacy.cache_name.removeprefix(f"{sig}-").removesuffix(".th")
+            assert len(prefix) == 8 and len(legacy.sha256) == 64 and legacy.sha256.startswith(prefix), legacy
+            assert "demucs-infer" in legacy.checksum_source
+    assert all(not source.hf_repo for source in models["conv_tasnet"].weights)  # demucs v2: no Hub repository
+
+
+def test_a_mirror_with_its_own_digest_is_another_file_held_to_that_digest(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "RETRY_PAUSE_SECONDS", 0.0)
+    package = b"legacy package bytes" * 1000
+    digest = hashlib.sha256(package).hexdigest()
+    legacy_path = f"/legacy/955717e8-{digest[:8]}.th"
+    table = {"family": "htdemucs", "stems": ["a"], "weights": [{
+        "url": server.url("/hub/955717e8.safetensors"),  # gone: 404
+        "mirrors": [{"url": server.add(legacy_path, package, mode="corrupt"), "sha256": digest,
+                     "checksum_source": "a published list"}]}]}
+    (source,) = spec_from_table("m", table).weights
+    (legacy,) = source.mirrors
+    assert source.sha256 is None and legacy.sha256 == digest and legacy.cache_name == f"955717e8-{digest[:8]}.th"
+    with pytest.raises(WeightsError, match=f"models.toml expects {digest}"):  # a corrupted copy: its own digest
+        hub.ensure(source, progress=False, log=lambda message: None)
+    server.add(legacy_path, package)
+    path = hub.ensure(source, progress=False, log=lambda message: None)
+    assert path.name == f"955717e8-{digest[:8]}.th" and path.read_bytes() == package
+    table["weights"][0]["mirrors"][0].pop("sha256")
+    with pytest.raises(ModelError, match="checksum_source needs its own sha256"):
+        spec_from_table("m", table)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an export
+
+
+def test_an_export_gives_the_checkpoint_and_contract_of_its_package(tmp_path, tiny):
+    from sfsep.pipeline import load_separator
+
+    package, export = tmp_path / f"{SIGNATURE}-00000000.th", tmp_path / f"{SIGNATURE}.safetensors"
+    write_package(package, tiny)
+    write_export(export, tiny)
+    from_package, from_export = checkpoint.load_checkpoint(package), checkpoint.load_checkpoint(export)
+    assert from_export.class_name == from_package.class_name == KLASS
+    assert from_export.kwargs == from_package.kwargs and from_export.kwargs["segment"] == "3/10"
+    assert from_export.upcast == from_package.upcast == len(tiny["state"])
+    assert from_export.state.keys() == from_package.state.keys()
+    assert all(torch.equal(from_export.state[key], from_package.state[key]) for key in from_package.state)
+    renamed = tmp_path / "export.bin"  # recognised by its header, not its name
+    renamed.write_bytes(export.read_bytes())
+    assert checkpoint.load_checkpoint(renamed).kwargs == from_package.kwargs
+    separators = [load_separator("htdemucs", device="cpu", weights=path) for path in (package, renamed)]
+    assert separators[0].spec == separators[1].spec
+    assert separators[0].contract(44100) == separators[1].contract(44100)
+    assert separators[1].contract(44100).segment == round(0.3 * 44100)  # the package's own segment
+
+
+@pytest.mark.parametrize("metadata, problem", [
+    ({"kwargs": "{'sources': ['drums']}"}, "'kwargs' is not valid JSON"),
+    ({"kwargs": json.dumps({"segment": {"_type": "fraction", "numerator": 3}})}, "kwargs.segment"),
+    ({"kwargs": json.dumps({"segment": {"_type": "fraction", "numerator": 3, "denominator": 0}})},
+     "kwargs.segment is a fraction 3/0"),
+    ({"kwargs": json.dumps({"sources": {"_type": "tuple", "items": []}})}, "kwargs.sources is an encoded value"),
+    ({"kwargs": "[1, 2]"}, "'kwargs' is a JSON list, not an object"),
+    ({"klass": "os.system"}, "'klass' names 'os.system'"),
+    ({"args": None}, "not args"),
+    ({"structure": "{}"}, "DiffQ-quantized"),
+    ({"truncate": "yes"}, "not a readable safetensors file"),
+])
+def test_an_export_with_bad_metadata_is_one_line_naming_the_file(tmp_path, tiny, run_cli, metadata, problem):
+    bad = tmp_path / f"{SIGNATURE}.safetensors"
+    metadata = dict(metadata)
+    truncate = metadata.pop("truncate", None)
+    data = write_export(bad, tiny, **metadata)
+    if truncate:
+        bad.write_bytes(data[: len(data) // 2])
+    result = run_cli(song(tmp_path), "--model", "htdemucs", "--weights", bad, "-o", tmp_path / "out")
+    assert result.code == 1, result
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert str(bad) in result.err and problem in result.err, result.err
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.wav"))
+
+
+# --------------------------------------------------------------------------------------------
+# Through the Hub (loopback) and the public entry point
+
+
+def test_htdemucs_downloads_from_its_hub_repository_and_separates_as_its_package(server, tmp_path, tiny,
+                                                                                   run_cli):
+    """`sfsep FILE --model htdemucs` with the packaged models.toml: the export comes from
+    adefossez/HTDemucs, its digest is recorded (none is published), and the stems equal those of
+    the .th package it was made from. The bags' repositories serve their files the same way."""
+    repo, bag_yaml, _ = BAGS["htdemucs"]
+    export = write_export(tmp_path / "export.safetensors", tiny)
+    server.add_hf(repo, "htdemucs.yaml", bag_yaml.encode())
+    server.add_hf(repo, f"{SIGNATURE}.safetensors", export)
+    wav = song(tmp_path)
+    env = hub_env(tmp_path, server)
+    done = sfsep(env, wav, "--model", "htdemucs", "-o", tmp_path / "from_hub", "--bits", "32")
+    assert done.returncode == 0, done.stderr
+    assert server.gets(f"/{repo}/resolve/main/{SIGNATURE}.safetensors")
+    assert list((tmp_path / "hf").rglob(f"{SIGNATURE}.safetensors"))  # in the Hugging Face cache (HF_HOME)
+    record = tmp_path / "cache" / "weights" / "huggingface" / repo / f"{SIGNATURE}.safetensors.sha256"
+    assert record.read_text().split()[0] == hashlib.sha256(export).hexdigest()  # trust on first use
+
+    package = tmp_path / f"{SIGNATURE}-00000000.th"
+    write_package(package, tiny)
+    result = run_cli(wav, "--model", "htdemucs", "--weights", package, "-o", tmp_path / "from_th", "--bits", "32")
+    assert result.code == 0, result
+    assert_same_stems(tmp_path / "from_hub", tmp_path / "from_th")
+
+    for name in ("htdemucs_ft", "htdemucs_6s"):  # each bag's files, from its own repository
+        repo, bag_yaml, _ = BAGS[name]
+        server.add_hf(repo, f"{name}.yaml", bag_yaml.encode())
+        for sig in yaml.safe_load(bag_yaml)["models"]:
+            server.add_hf(repo, f"{sig}.safetensors", export)
+    done = sfsep(env, "fetch", "htdemucs_ft", "htdemucs_6s", "htdemucs_msst")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(" ok ") == 6, done.stdout
+    assert "dl.fbaipublicfiles.com" not in done.stdout + done.stderr
+
+
+def test_when_the_hub_fails_the_legacy_package_is_used(server, tmp_path, tiny, run_cli, monkeypatch):
+    """The Hub answers 404: the legacy URL (the mirror, with its own digest) serves the .th, and
+    the stems equal those of the same package given with --weights."""
+    package = tmp_path / f"{SIGNATURE}-00000000.th"
+    data = write_package(package, tiny)
+    digest = hashlib.sha256(data).hexdigest()
+    legacy_url = server.add(f"/demucs/hybrid_transformer/{SIGNATURE}-{digest[:8]}.th", data)
+    config = "\n".join(f"{key} = {json.dumps(value)}" for key, value in tiny["config"].items() if value is not None)
+    registry_file = tmp_path / "models.toml"
+    registry_file.write_text(f"""
+[models.tiny_demucs]
+family = "htdemucs"
+description = "a tiny HT-Demucs from a Hub that lost it"
+trained_rate = 44100
+stems = ["drums", "bass", "other", "vocals"]
+chunk_size = 13230
+overlap = 0.25
+chunk_style = "demucs"
+normalize = "demucs"
+[models.tiny_demucs.config]
+{config}
+[[models.tiny_demucs.weights]]
+hf_repo = "adefossez/HTDemucs"
+hf_filename = "{SIGNATURE}.safetensors"
+[[models.tiny_demucs.weights.mirrors]]
+url = "{legacy_url}"
+sha256 = "{digest}"
+checksum_source = "the test"
+""")
+    wav = song(tmp_path)
+    done = sfsep(hub_env(tmp_path, server, registry_file), wav, "--model", "tiny_demucs", "-o",
+                 tmp_path / "fallback", "--bits", "32")
+    assert done.returncode == 0, done.stderr
+    assert f"trying the mirror {legacy_url}" in done.stderr
+    asked = [request for request in server.requests
+             if request[1] == f"/adefossez/HTDemucs/resolve/main/{SIGNATURE}.safetensors"]
+    assert asked and server.requests.index(asked[0]) < server.requests.index(("GET", legacy_url[len(server.base):],
+                                                                              None))  # the Hub first
+    cached = tmp_path / "cache" / "weights" / f"{SIGNATURE}-{digest[:8]}.th"
+    assert cached.read_bytes() == data
+    monkeypatch.setenv("SFSEP_REGISTRY", str(registry_file))
+    result = run_cli(wav, "--model", "tiny_demucs", "--weights", package, "-o", tmp_path / "from_th", "--bits", "32")
+    assert result.code == 0, result
+    assert_same_stems(tmp_path / "fallback", tmp_path / "from_th")
