@@ -447,9 +447,12 @@ def _offline_miss_message(source, model: str) -> str:
                 f"HF_HOME at the copy)")
     else:
         copy = f"copy its cache folder (`sfsep cache path`) to {cache_dir()} here"
+    others = [mirror for mirror in getattr(source, "mirrors", ()) if mirror.cache_name != source.cache_name]
+    alternative = "".join(f" (or {mirror.cache_name} in {where_expected(mirror)})" for mirror in others)
     return (
         f"model '{name}' needs the weights file {source.cache_name}, which is not cached (expected in "
-        f"{where_expected(source)}), and offline mode forbids downloading it from {source_label(source)}. "
+        f"{where_expected(source)}){alternative}, and offline mode forbids downloading it from "
+        f"{source_label(source)}. "
         f"On a machine with internet run `sfsep fetch {name}` and {copy}, or run with --weights PATH to a "
         f"checkpoint file, or use --model classic (no weights needed)"
     )
