@@ -258,13 +258,13 @@ def _decode_fractions(path: Path, value: Any, where: str) -> Any:
 
 def _package_metadata(path: Path, metadata: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
     """(class name, kwargs) of a demucs export's metadata; (None, {}) for a plain state_dict."""
+    present = [key for key in PACKAGE_METADATA if key in metadata]
+    if not present:
+        return None, {}
     if "structure" in metadata:
         raise WeightsError(
             f"{path}: a DiffQ-quantized demucs export (mdx_q / mdx_extra_q, a 'structure' in its metadata), which "
             f"sfsep does not read; use the unquantized model")
-    present = [key for key in PACKAGE_METADATA if key in metadata]
-    if not present:
-        return None, {}
     missing = [key for key in PACKAGE_METADATA if key not in metadata]
     if missing:
         raise _bad_export(path, f"it has {', '.join(present)} but not {', '.join(missing)}")

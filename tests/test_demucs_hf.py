@@ -212,6 +212,10 @@ def test_an_export_gives_the_checkpoint_and_contract_of_its_package(tmp_path, ti
     renamed = tmp_path / "export.bin"  # recognised by its header, not its name
     renamed.write_bytes(export.read_bytes())
     assert checkpoint.load_checkpoint(renamed).kwargs == from_package.kwargs
+    plain = tmp_path / "plain.safetensors"  # no package metadata (e.g. another tool's {"format": "pt"}): a state_dict
+    write_export(plain, tiny, klass=None, args=None, kwargs=None, format="pt")
+    loaded = checkpoint.load_checkpoint(plain)
+    assert loaded.class_name is None and loaded.kwargs == {} and loaded.state.keys() == from_package.state.keys()
     separators = [load_separator("htdemucs", device="cpu", weights=path) for path in (package, renamed)]
     assert separators[0].spec == separators[1].spec
     assert separators[0].contract(44100) == separators[1].contract(44100)
@@ -328,3 +332,18 @@ checksum_source = "the test"
     result = run_cli(wav, "--model", "tiny_demucs", "--weights", package, "-o", tmp_path / "from_th", "--bits", "32")
     assert result.code == 0, result
     assert_same_stems(tmp_path / "fallback", tmp_path / "from_th")
+
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))  # offline, the cached legacy file serves
+    requests = len(server.requests)
+    result = run_cli(wav, "--model", "tiny_demucs", "--offline", "-o", tmp_path / "offline", "--bits", "32")
+    assert result.code == 0, result
+    assert len(server.requests) == requests
+    assert_same_stems(tmp_path / "offline", tmp_path / "from_th")
+
+
+def test_offline_without_weights_names_the_hub_file_and_the_legacy_one(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    result = run_cli(song(tmp_path), "--model", "htdemucs", "--offline", "-o", tmp_path / "out")
+    assert result.code == 1 and len(result.err.strip().splitlines()) == 1, result
+    assert "adefossez/HTDemucs/955717e8.safetensors" in result.err
+    assert str(tmp_path / "cache" / "weights" / "955717e8-8726e21a.th") in result.err
