@@ -141,6 +141,29 @@ def assert_same_stems(first: Path, second: Path) -> None:
         assert np.abs(one[name] - two[name]).max() <= 1e-5, name
 
 
+def tiny_registry(tmp_path: Path, tiny: dict, weights: str) -> Path:
+    """A models.toml with `tiny_demucs`, run as demucs runs htdemucs; `weights` is the body of its
+    [[models.tiny_demucs.weights]] table."""
+    config = "\n".join(f"{key} = {json.dumps(value)}" for key, value in tiny["config"].items() if value is not None)
+    path = tmp_path / "models.toml"
+    path.write_text(f"""
+[models.tiny_demucs]
+family = "htdemucs"
+description = "a tiny HT-Demucs"
+trained_rate = 44100
+stems = ["drums", "bass", "other", "vocals"]
+chunk_size = 13230
+overlap = 0.25
+chunk_style = "demucs"
+normalize = "demucs"
+[models.tiny_demucs.config]
+{config}
+[[models.tiny_demucs.weights]]
+{weights}
+""")
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # models.toml
 
@@ -249,6 +272,22 @@ def test_an_export_with_bad_metadata_is_one_line_naming_the_file(tmp_path, tiny,
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.wav"))
 
 
+def test_a_downloaded_export_whose_kwargs_cannot_build_a_model_is_one_line(server, tmp_path, tiny, run_cli,
+                                                                           monkeypatch):
+    """A downloaded export has no published digest to vouch for it: its recorded kwargs are
+    checked field by field, as those of a --weights file are."""
+    export = write_export(tmp_path / "export.safetensors", tiny,
+                          kwargs=demucs_json({**tiny["kwargs"], "depth": "four"}))
+    url = server.add(f"/exports/{SIGNATURE}.safetensors", export)
+    monkeypatch.setenv("SFSEP_REGISTRY", str(tiny_registry(tmp_path, tiny, f'url = "{url}"')))
+    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
+    result = run_cli(song(tmp_path), "--model", "tiny_demucs", "-o", tmp_path / "out")
+    assert result.code != 0 and len(result.err.strip().splitlines()) == 1, result
+    assert str(tmp_path / "cache" / "weights" / f"{SIGNATURE}.safetensors") in result.err
+    assert "depth must be" in result.err and "'four'" in result.err, result.err
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Through the Hub (loopback) and the public entry point
 
@@ -295,21 +334,7 @@ def test_when_the_hub_fails_the_legacy_package_is_used(server, tmp_path, tiny, r
     data = write_package(package, tiny)
     digest = hashlib.sha256(data).hexdigest()
     legacy_url = server.add(f"/demucs/hybrid_transformer/{SIGNATURE}-{digest[:8]}.th", data)
-    config = "\n".join(f"{key} = {json.dumps(value)}" for key, value in tiny["config"].items() if value is not None)
-    registry_file = tmp_path / "models.toml"
-    registry_file.write_text(f"""
-[models.tiny_demucs]
-family = "htdemucs"
-description = "a tiny HT-Demucs from a Hub that lost it"
-trained_rate = 44100
-stems = ["drums", "bass", "other", "vocals"]
-chunk_size = 13230
-overlap = 0.25
-chunk_style = "demucs"
-normalize = "demucs"
-[models.tiny_demucs.config]
-{config}
-[[models.tiny_demucs.weights]]
+    registry_file = tiny_registry(tmp_path, tiny, f"""
 hf_repo = "adefossez/HTDemucs"
 hf_filename = "{SIGNATURE}.safetensors"
 [[models.tiny_demucs.weights.mirrors]]
