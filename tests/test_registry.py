@@ -321,7 +321,7 @@ def test_models_command_json_and_table(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli(["models"], capsys)
     line = next(line for line in out.splitlines() if line.strip().startswith("htdemucs_ft "))
-    assert "drums, bass, other, vocals" in line and "no" in line.split() and "fbaipublicfiles" in line
+    assert "drums, bass, other, vocals" in line and "no" in line.split() and "huggingface.co" in line  # demucs' Hub
 
 
 def test_unimplemented_architecture_is_listed_and_refused_clearly(capsys, tmp_path, monkeypatch):
