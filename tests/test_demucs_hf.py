@@ -115,7 +115,8 @@ def hub_env(tmp_path: Path, server: LoopbackServer, registry_file: Path | None =
     env = {**os.environ, "HF_ENDPOINT": server.base, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO),
            "SFSEP_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1", "COLUMNS": "400",
            "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead,
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+           "OMP_NUM_THREADS": "1"}  # as the suite's own processes: two threads on two shared cores only thrash
     for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "SFSEP_OFFLINE", "SFSEP_REGISTRY"):
         env.pop(name, None)
     if registry_file is not None:
@@ -292,44 +293,36 @@ def test_a_downloaded_export_whose_kwargs_cannot_build_a_model_is_one_line(serve
 # Through the Hub (loopback) and the public entry point
 
 
-def test_htdemucs_downloads_from_its_hub_repository_and_separates_as_its_package(server, tmp_path, tiny,
-                                                                                   run_cli):
-    """`sfsep FILE --model htdemucs` with the packaged models.toml: the export comes from
-    adefossez/HTDemucs, its digest is recorded (none is published), and the stems equal those of
-    the .th package it was made from. The bags' repositories serve their files the same way."""
-    repo, bag_yaml, _ = BAGS["htdemucs"]
+def test_the_packaged_demucs_models_download_from_their_hub_repositories(server, tmp_path, tiny):
+    """`sfsep fetch` with the packaged models.toml against a Hub holding demucs' repositories
+    (each bag's yaml and the files it lists, nothing else): every file comes from its repository,
+    and its digest is recorded (none is published)."""
     export = write_export(tmp_path / "export.safetensors", tiny)
-    server.add_hf(repo, "htdemucs.yaml", bag_yaml.encode())
-    server.add_hf(repo, f"{SIGNATURE}.safetensors", export)
-    wav = song(tmp_path)
-    env = hub_env(tmp_path, server)
-    done = sfsep(env, wav, "--model", "htdemucs", "-o", tmp_path / "from_hub", "--bits", "32")
-    assert done.returncode == 0, done.stderr
-    assert server.gets(f"/{repo}/resolve/main/{SIGNATURE}.safetensors")
-    assert list((tmp_path / "hf").rglob(f"{SIGNATURE}.safetensors"))  # in the Hugging Face cache (HF_HOME)
-    record = tmp_path / "cache" / "weights" / "huggingface" / repo / f"{SIGNATURE}.safetensors.sha256"
-    assert record.read_text().split()[0] == hashlib.sha256(export).hexdigest()  # trust on first use
-
-    package = tmp_path / f"{SIGNATURE}-00000000.th"
-    write_package(package, tiny)
-    result = run_cli(wav, "--model", "htdemucs", "--weights", package, "-o", tmp_path / "from_th", "--bits", "32")
-    assert result.code == 0, result
-    assert_same_stems(tmp_path / "from_hub", tmp_path / "from_th")
-
-    for name in ("htdemucs_ft", "htdemucs_6s"):  # each bag's files, from its own repository
-        repo, bag_yaml, _ = BAGS[name]
+    for name, (repo, bag_yaml, _) in BAGS.items():
         server.add_hf(repo, f"{name}.yaml", bag_yaml.encode())
         for sig in yaml.safe_load(bag_yaml)["models"]:
             server.add_hf(repo, f"{sig}.safetensors", export)
-    done = sfsep(env, "fetch", "htdemucs_ft", "htdemucs_6s", "htdemucs_msst")
+    done = sfsep(hub_env(tmp_path, server), "fetch", "htdemucs", "htdemucs_ft", "htdemucs_6s", "htdemucs_msst")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count(" ok ") == 6, done.stdout
-    assert "dl.fbaipublicfiles.com" not in done.stdout + done.stderr
+    assert done.stdout.count(" ok ") == 7, done.stdout  # htdemucs_msst runs htdemucs' file: cached already
+    assert "warning" not in done.stderr and "dl.fbaipublicfiles.com" not in done.stdout + done.stderr
+    for name, (repo, bag_yaml, _) in BAGS.items():
+        for sig in yaml.safe_load(bag_yaml)["models"]:
+            # asked for (a file whose content is cached already is not fetched again by huggingface_hub)
+            assert any(request[1] == f"/{repo}/resolve/main/{sig}.safetensors" for request in server.requests)
+            record = tmp_path / "cache" / "weights" / "huggingface" / repo / f"{sig}.safetensors.sha256"
+            assert record.read_text().split()[0] == hashlib.sha256(export).hexdigest()  # trust on first use
+    assert list((tmp_path / "hf").rglob(f"{SIGNATURE}.safetensors"))  # in the Hugging Face cache (HF_HOME)
 
 
-def test_when_the_hub_fails_the_legacy_package_is_used(server, tmp_path, tiny, run_cli, monkeypatch):
-    """The Hub answers 404: the legacy URL (the mirror, with its own digest) serves the .th, and
-    the stems equal those of the same package given with --weights."""
+def test_the_hub_export_and_its_legacy_fallback_separate_alike(server, tmp_path, tiny, run_cli, monkeypatch):
+    """`sfsep FILE --model M` where M's first source is a Hub export and its mirror the legacy .th
+    (models.toml's layout for demucs' models): from the Hub; then, with fresh caches and the Hub
+    answering 404, from the legacy URL, held to its own digest; the stems agree within 1e-5. The
+    cached .th then serves offline."""
+    export = write_export(tmp_path / "export.safetensors", tiny)
+    hub_paths = [f"/adefossez/HTDemucs/resolve/{revision}/{SIGNATURE}.safetensors" for revision in ("main", "c" * 40)]
+    server.add_hf("adefossez/HTDemucs", f"{SIGNATURE}.safetensors", export)
     package = tmp_path / f"{SIGNATURE}-00000000.th"
     data = write_package(package, tiny)
     digest = hashlib.sha256(data).hexdigest()
@@ -343,27 +336,32 @@ sha256 = "{digest}"
 checksum_source = "the test"
 """)
     wav = song(tmp_path)
-    done = sfsep(hub_env(tmp_path, server, registry_file), wav, "--model", "tiny_demucs", "-o",
-                 tmp_path / "fallback", "--bits", "32")
+    hub_run = tmp_path / "hub"
+    done = sfsep(hub_env(hub_run, server, registry_file), wav, "--model", "tiny_demucs", "-o", hub_run / "out",
+                 "--bits", "32")
+    assert done.returncode == 0, done.stderr
+    assert server.gets(hub_paths[0]) and not server.gets(legacy_url[len(server.base):])
+
+    for path in hub_paths:  # the Hub lost the file
+        del server.entries[path]
+    legacy_run = tmp_path / "legacy"
+    done = sfsep(hub_env(legacy_run, server, registry_file), wav, "--model", "tiny_demucs", "-o",
+                 legacy_run / "out", "--bits", "32")
     assert done.returncode == 0, done.stderr
     assert f"trying the mirror {legacy_url}" in done.stderr
-    asked = [request for request in server.requests
-             if request[1] == f"/adefossez/HTDemucs/resolve/main/{SIGNATURE}.safetensors"]
-    assert asked and server.requests.index(asked[0]) < server.requests.index(("GET", legacy_url[len(server.base):],
-                                                                              None))  # the Hub first
-    cached = tmp_path / "cache" / "weights" / f"{SIGNATURE}-{digest[:8]}.th"
+    asked = [request for request in server.requests if request[1] == hub_paths[0]]
+    assert server.requests.index(asked[-1]) < server.requests.index(("GET", legacy_url[len(server.base):], None))
+    cached = legacy_run / "cache" / "weights" / f"{SIGNATURE}-{digest[:8]}.th"
     assert cached.read_bytes() == data
-    monkeypatch.setenv("SFSEP_REGISTRY", str(registry_file))
-    result = run_cli(wav, "--model", "tiny_demucs", "--weights", package, "-o", tmp_path / "from_th", "--bits", "32")
-    assert result.code == 0, result
-    assert_same_stems(tmp_path / "fallback", tmp_path / "from_th")
+    assert_same_stems(hub_run / "out", legacy_run / "out")
 
-    monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))  # offline, the cached legacy file serves
+    monkeypatch.setenv("SFSEP_REGISTRY", str(registry_file))
+    monkeypatch.setenv("SFSEP_CACHE", str(legacy_run / "cache"))  # offline, the cached legacy file serves
     requests = len(server.requests)
     result = run_cli(wav, "--model", "tiny_demucs", "--offline", "-o", tmp_path / "offline", "--bits", "32")
     assert result.code == 0, result
     assert len(server.requests) == requests
-    assert_same_stems(tmp_path / "offline", tmp_path / "from_th")
+    assert_same_stems(tmp_path / "offline", legacy_run / "out")
 
 
 def test_offline_without_weights_names_the_hub_file_and_the_legacy_one(run_cli, tmp_path, monkeypatch):
