@@ -239,9 +239,12 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
         loaded = checkpoint.load_checkpoint(path)
         # A checkpoint that records how it was built (a demucs package's kwargs) is authoritative.
         model_config, own_stems = checkpoint_config(spec, loaded.kwargs)
-        if weights is not None and model_config != spec.config:  # the constructor kwargs a package records
+        if model_config != spec.config:  # the constructor kwargs a package records
+            # Each field's type and range, also for a downloaded file (a Hub export has no published
+            # digest); the memory estimate, which costs seconds, for a user's --weights only.
             limits.check_fields(spec.family, model_config, f"{path} (its recorded kwargs)")
-            limits.check_fits(replace(spec, config=model_config), f"{path} (its recorded kwargs)")
+            if weights is not None:
+                limits.check_fits(replace(spec, config=model_config), f"{path} (its recorded kwargs)")
         stems = own_stems or stems
         module = build_model(spec.family, model_config)
         checkpoint.load_state(module, loaded.state, source=path)
