@@ -1017,8 +1017,6 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # what the system refused and nothing caught sooner: a full disk, a long name...
         if debug:
             _stderr().print_exception()
-        from rich.markup import escape
-
         from .errors import describe_os_error
 
         _stderr().print(f"[red]error:[/] {escape(describe_os_error(exc))}")
