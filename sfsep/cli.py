@@ -99,7 +99,8 @@ ModelOpt = typer.Option(None, "--model", "-n",
                              f"(needs its weights; `classic` runs offline without any).")
 OutOpt = typer.Option(Path("separated"), "--out", "-o", help="Output folder.")
 FilenameOpt = typer.Option("{track}/{stem}.{ext}", "--filename",
-                           help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext}.")
+                           help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext} "
+                                "{resampler}.")
 FormatOpt = typer.Option("wav", "--format", help="wav | flac | mp3 | ogg | opus.")
 BitsOpt = typer.Option(None, "--bits", help="wav and flac: 16 (default), 24 or 32 (32 = float, wav only).")
 BitrateOpt = typer.Option(None, "--bitrate", help="mp3: constant bitrate in kbps (default: the most the rate allows, "

@@ -693,16 +693,27 @@ class FileResult:
     busy: bool = False  # skipped because another run was writing the same stems
 
 
+def file_resampler(separator: Separator, settings: Settings, rate: int) -> str:
+    """The resampler the flow uses for an input at `rate` (the {resampler} of --filename);
+    a ResampleError for --resampler none at another rate than the model's."""
+    return _pick_strategy(settings.resampler, rate, separator.spec.model_rate(rate))[0]
+
+
 def stem_paths(path: Path, separator: Separator, output: OutputOptions, *, track: str | None = None,
-               settings: Settings | None = None) -> dict[str, Path]:
+               settings: Settings | None = None, resampler: str | None = None) -> dict[str, Path]:
     """Where each stem `settings` selects (all by default) of `path` goes: the --filename template
-    filled with the track's name (`track`, by default the file's name without its extension) and
-    each stem's name."""
-    names = plan_stems(separator.stem_names, settings or Settings(), separator.spec.name).names
+    filled with the track's name (`track`, by default the file's name without its extension), each
+    stem's name and, for a template that names {resampler}, `resampler` (by default the one the
+    flow will use for the file, which reads the file's rate)."""
+    settings = settings or Settings()
+    names = plan_stems(separator.stem_names, settings, separator.spec.name).names
+    if resampler is None and "resampler" in audio_io.template_fields(output.filename):
+        resampler = file_resampler(separator, settings, audio_io.inspect(path).rate)
     return {
         name: audio_io.output_path(output.filename, out=Path(output.out), model=separator.spec.name,
                                    track=path.stem if track is None else track,
-                                   trackext=path.suffix.lstrip("."), stem=name, ext=output.format)
+                                   trackext=path.suffix.lstrip("."), stem=name, ext=output.format,
+                                   resampler=resampler)
         for name in names
     }
 
@@ -721,15 +732,26 @@ def plan_outputs(inputs: Iterable[tuple[Path, str]], separator: Separator, outpu
     input whose outputs an earlier input already claims (song.wav and song.flac are both the
     track "song"), or whose outputs would replace an input of the run, is refused with an error
     naming both files: within one run nothing is silently skipped or replaced. So is a track
-    whose name makes the template leave the output folder. A template or a stem selection that
-    cannot work at all raises UsageError."""
+    whose name makes the template leave the output folder, and, with {resampler} in the
+    template, a file whose rate cannot be read or suits no resampler. A template or a stem
+    selection that cannot work at all raises UsageError."""
     inputs = [(Path(path), track) for path, track in inputs]
     sources = {os.path.realpath(path): path for path, _ in inputs}
     claimed: dict[str, Path] = {}
     plan = OutputPlan()
+    names_resampler = "resampler" in audio_io.template_fields(output.filename)
     for path, track in inputs:
         try:
-            targets = stem_paths(path, separator, output, track=track, settings=settings)
+            resampler = None
+            if names_resampler:  # the file's own: its rate is read from its header
+                try:
+                    resampler = file_resampler(separator, settings or Settings(), audio_io.inspect(path).rate)
+                except AudioError as exc:  # names the file already
+                    plan.refused[path] = exc
+                    continue
+                except ResampleError as exc:
+                    raise AudioError(str(exc)) from exc
+            targets = stem_paths(path, separator, output, track=track, settings=settings, resampler=resampler)
         except AudioError as exc:
             plan.refused[path] = AudioError(f"{path}: {exc}")
             continue
@@ -791,7 +813,9 @@ def separate_file(
     separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
     audio_io.check_encoding(output.format, bits=output.bits, bitrate=output.bitrate,  # before any work
                             quality=output.quality)
-    targets = stem_paths(path, separator, output, track=track, settings=settings)  # checks the stem selection
+    info = audio_io.check_input(path, downmix=output.downmix)  # its rate names the {resampler}
+    targets = stem_paths(path, separator, output, track=track, settings=settings,  # checks the stem selection
+                         resampler=file_resampler(separator, settings, info.rate))
     for target in targets.values():
         too_long = long_name(target)
         if too_long:
@@ -801,7 +825,6 @@ def separate_file(
         existing = [p for p in targets.values() if p.exists()]
     except OSError as exc:
         raise AudioError(f"{exc.filename}: cannot be written ({os_error_reason(exc)})") from exc
-    info = audio_io.check_input(path, downmix=output.downmix)
     if existing and not output.overwrite:
         return FileResult(path, "skipped", info.rate, notes=[f"{existing[0]} exists (use --overwrite to replace)"])
     for folder in {p.parent for p in targets.values()}:

@@ -1,4 +1,4 @@
-"""Stem selection: --stems, --two-stems with --other-method.
+"""Stem selection: --stems, --two-stems with --other-method, and the {resampler} template field.
 
 Through the real entry point (files read back) and through `separate_file` / `separate` with small
 real models: the classic separator (any rate), the tiny SCNet parity fixture (8 kHz input, upsampled
@@ -236,3 +236,36 @@ def test_the_library_refuses_a_stem_the_model_lacks():
         separate(mix, 8000, "classic", settings=Settings(two_stems="piano"))
     with pytest.raises(UsageError, match="exclude each other"):
         separate(mix, 8000, "classic", settings=Settings(stems=["vocals"], two_stems="vocals"))
+
+
+# --------------------------------------------------------------------------------------------
+# {resampler} in --filename
+
+
+def test_runs_with_different_resamplers_sit_side_by_side(run_cli, wav_file, tmp_path, shared):
+    """{resampler} is the resampler used, not the one asked for: auto at 8 kHz for a 44.1 kHz model is noisy."""
+    model = _tiny_scnet(shared, tmp_path)
+    song = wav_file("phone.wav", rate=8000, seconds=0.2)
+    out = tmp_path / "out"
+    for resampler in ("conventional", "auto"):
+        result = run_cli(song, *model, "--resampler", resampler, "--seed", "2", "--out", out, "--stems", "vocals",
+                         "--filename", "{track}/{resampler}/{stem}.{ext}")
+        assert result.code == 0, result
+    assert _files_below(out) == ["scnet/phone/conventional/vocals.wav", "scnet/phone/noisy/vocals.wav"]
+    conventional, noisy = (_read(out / f"scnet/phone/{name}/vocals.wav") for name in ("conventional", "noisy"))
+    assert not np.array_equal(conventional, noisy)
+
+
+def test_batch_names_each_file_by_its_own_resampler(run_cli, wav_file, tmp_path):
+    """classic runs at any rate: every file's resampler is `none`; a file that is not audio is
+    reported in its row and the others are written."""
+    wav_file("music/a.wav", rate=8000, seconds=0.2)
+    wav_file("music/b.wav", rate=22050, seconds=0.2)
+    (tmp_path / "music" / "c.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "out"
+    result = run_cli("batch", tmp_path / "music", "-n", "classic", "--out", out, "--two-stems", "vocals",
+                     "--filename", "{resampler}-{track}-{stem}.{ext}")
+    assert result.code == 1, result
+    assert _files_below(out) == ["classic/none-a-no_vocals.wav", "classic/none-a-vocals.wav",
+                                 "classic/none-b-no_vocals.wav", "classic/none-b-vocals.wav"]
+    assert "c.wav" in result.err and "2 done, 0 skipped, 1 failed" in result.out
