@@ -984,11 +984,13 @@ def write(
     return write_all([(Path(path), audio)], rate, bits=bits, clip=clip, overwrite=overwrite)[0]
 
 
-TEMPLATE_FIELDS = ("model", "track", "trackext", "stem", "ext")
+TEMPLATE_FIELDS = ("model", "track", "trackext", "stem", "ext", "resampler")
 """The fields of a --filename template. Their values are inserted as they are: a track named
-`x{0}y` or `{stem}` is a name, never read as a field."""
+`x{0}y` or `{stem}` is a name, never read as a field. {resampler} is the strategy actually used
+for the file (conventional, noisy, noise, trainable or none), so runs with different resamplers
+can write side by side."""
 
-_FIELD_HELP = "use {model} {track} {trackext} {stem} {ext}, and {{ or }} for a literal brace"
+_FIELD_HELP = "use {model} {track} {trackext} {stem} {ext} {resampler}, and {{ or }} for a literal brace"
 
 
 def _template_pieces(template: str) -> list[tuple[str, str | None]]:
@@ -1009,6 +1011,11 @@ def _template_pieces(template: str) -> list[tuple[str, str | None]]:
             raise UsageError(f"--filename {template!r}: {what}: {shown}; {_FIELD_HELP}")
         pieces.append((literal, field))
     return pieces
+
+
+def template_fields(template: str) -> set[str]:
+    """The fields a --filename template names (a UsageError if it is malformed)."""
+    return {field for _, field in _template_pieces(template) if field is not None}
 
 
 def _fill(pieces: list[tuple[str, str | None]], values: dict[str, str]) -> str:
@@ -1055,14 +1062,20 @@ def check_template(template: str, *, ext: str, several_tracks: bool = False) -> 
     return pieces
 
 
-def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str) -> Path:
-    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}) below `out`.
+def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str,
+                resampler: str | None = None) -> Path:
+    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}, {resampler})
+    below `out`. `resampler` (the strategy used for the file) is needed only by a template that
+    names it.
 
     The values are inserted as they are (braces in a track name are part of the name). A template
     that cannot work is a UsageError (see `check_template`); a track whose name makes a good
     template leave the output folder (a file named `...wav` is the track `..`) is an AudioError."""
     pieces = check_template(template, ext=ext)
-    relative = _fill(pieces, {"model": model, "track": track, "trackext": trackext, "stem": stem, "ext": ext})
+    if resampler is None and any(field == "resampler" for _, field in pieces):
+        raise ValueError(f"--filename {template!r} names {{resampler}}: pass the resampler used for the file")
+    relative = _fill(pieces, {"model": model, "track": track, "trackext": trackext, "stem": stem, "ext": ext,
+                              "resampler": resampler or ""})
     problem = _placement_problem(relative, ext)
     if problem:
         raise AudioError(f"track {track!r}: --filename {template!r} gives {relative!r}, which {problem}; "

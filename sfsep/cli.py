@@ -99,7 +99,8 @@ ModelOpt = typer.Option(None, "--model", "-n",
                              f"(needs its weights; `classic` runs offline without any).")
 OutOpt = typer.Option(Path("separated"), "--out", "-o", help="Output folder.")
 FilenameOpt = typer.Option("{track}/{stem}.{ext}", "--filename",
-                           help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext}.")
+                           help="Output path below --out/<model>; fields {model} {track} {trackext} {stem} {ext} "
+                                "{resampler}.")
 FormatOpt = typer.Option("wav", "--format", help="wav | flac | mp3 | ogg | opus.")
 BitsOpt = typer.Option(None, "--bits", help="wav and flac: 16 (default), 24 or 32 (32 = float, wav only).")
 BitrateOpt = typer.Option(None, "--bitrate", help="mp3: constant bitrate in kbps (default: the most the rate allows, "
@@ -129,6 +130,11 @@ GateOpt = typer.Option(None, "--gate-db",
                             "(e.g. -40); off by default.")
 OfflineOpt = typer.Option(False, "--offline", help="Never use the network: weights must be cached (also SFSEP_OFFLINE=1).")
 WeightsOpt = typer.Option(None, "--weights", help="Run a local checkpoint file instead of the model's published weights.")
+StemsOpt = typer.Option(None, "--stems", help="Write only these stems, e.g. vocals,drums (default: all).")
+TwoStemsOpt = typer.Option(None, "--two-stems", help="Write STEM and no_STEM (demucs' option), e.g. vocals.")
+OtherMethodOpt = typer.Option(None, "--other-method",
+                              help="With --two-stems, no_STEM is: add = the other stems summed (default), minus = "
+                                   "the mixture minus STEM, none = not written.")
 ConfigOpt = typer.Option(None, "--config",
                          help="An MSST-style YAML config for the checkpoint (replaces the model's architecture, stems "
                               "and chunking; the family is taken from --model or guessed from the config).")
@@ -163,8 +169,25 @@ def _load_separator(spec, model_given: bool, **options):
         raise WeightsError(f"{exc} ({spec.name} is the default model; pass --model to choose another)") from exc
 
 
+def _selection(stems: Optional[str], two_stems: Optional[str], other_method: Optional[str]) -> dict:
+    """--stems a,b / --two-stems s / --other-method as Settings fields (checked by pipeline.plan_stems)."""
+    if other_method is not None and two_stems is None:
+        raise UsageError(f"--other-method {other_method}: only applies with --two-stems STEM")
+    names = None if stems is None else tuple(name.strip() for name in stems.split(",") if name.strip())
+    return {"stems": names, "two_stems": two_stems, "other_method": other_method or "add"}
+
+
+def _check_stems(spec, config, weights, settings) -> None:
+    """A stem the model lacks fails before its weights are loaded (with --weights or --config the
+    checkpoint may name other stems: then it fails right after loading, before any file)."""
+    from .pipeline import model_stem_names, plan_stems
+
+    if config is None and weights is None:
+        plan_stems(model_stem_names(spec), settings, spec.name)
+
+
 def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db=None,
-              shifts=0):
+              shifts=0, **selection):
     from .pipeline import Settings
     from .resample import METHODS
 
@@ -178,7 +201,7 @@ def _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, d
         raise UsageError(f"--chunk-seconds {chunk_seconds}: must be positive")
     return Settings(resampler=resampler, sigma=sigma, snr_db=snr, seed=seed, chunk_seconds=chunk_seconds,
                     overlap=overlap, batch_size=batch_size, device=device, precision=precision, gate_db=gate_db,
-                    shifts=shifts)
+                    shifts=shifts, **selection)
 
 
 def _output(out, filename, fmt, bits, clip, overwrite, downmix, model_name, several_tracks=False, bitrate=None,
@@ -221,7 +244,8 @@ def _report_line(result) -> str:
         return f"[yellow]{result.path}: skipped[/] ({'; '.join(result.notes)})"
     folder = os.path.commonpath([str(p.parent) for p in result.outputs]) if result.outputs else ""
     line = (f"{result.path}: {result.input_rate} Hz (bandwidth {result.bandwidth_hz / 1000:.1f} kHz) -> model at "
-            f"{result.model_rate} Hz, resampler {result.strategy} ({result.reason}) -> {folder}")
+            f"{result.model_rate} Hz, resampler {result.strategy} ({result.reason}) -> {folder} "
+            f"({', '.join(result.stems)})")
     for stem, count in result.clipped.items():
         line += f"\n  [yellow]{stem}: {count} samples were beyond full scale (handled by --clip)[/]"
     for note in result.notes:
@@ -261,13 +285,17 @@ def separate(
     config: Optional[Path] = ConfigOpt,
     gate_db: Optional[float] = GateOpt,
     shifts: int = ShiftsOpt,
+    stems: Optional[str] = StemsOpt,
+    two_stems: Optional[str] = TwoStemsOpt,
+    other_method: Optional[str] = OtherMethodOpt,
 ) -> None:
     """Split audio files into stems, written at each file's own sampling rate."""
     from .pipeline import describe, plan_outputs, separate_file
 
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
-                         shifts)
+                         shifts, **_selection(stems, two_stems, other_method))
     spec, config = _model_and_config(model, config, weights)
+    _check_stems(spec, config, weights, settings)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=len(files) > 1,
                      bitrate=bitrate, quality=quality)
     from .audio import check_input
@@ -276,7 +304,7 @@ def separate(
         check_input(path, downmix=downmix)
     separator = _load_separator(spec, model is not None or config is not None, device=settings.device,
                                 weights=weights, offline=offline, config=config)
-    refused = plan_outputs([(path, path.stem) for path in files], separator, output).refused
+    refused = plan_outputs([(path, path.stem) for path in files], separator, output, settings).refused
     if refused:  # two inputs with the same outputs: refused before any of them runs
         raise next(iter(refused.values()))
     console, err = _stdout(), _stderr()
@@ -342,6 +370,9 @@ def batch(
     config: Optional[Path] = ConfigOpt,
     gate_db: Optional[float] = GateOpt,
     shifts: int = ShiftsOpt,
+    stems: Optional[str] = StemsOpt,
+    two_stems: Optional[str] = TwoStemsOpt,
+    other_method: Optional[str] = OtherMethodOpt,
 ) -> None:
     """Separate every audio file in a folder; a failing file is reported and the batch goes on."""
     import torch
@@ -358,8 +389,9 @@ def batch(
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1")
     settings = _settings(resampler, sigma, snr, seed, chunk_seconds, overlap, batch_size, device, precision, gate_db,
-                         shifts)
+                         shifts, **_selection(stems, two_stems, other_method))
     spec, config = _model_and_config(model, config, weights)
+    _check_stems(spec, config, weights, settings)
     output = _output(out, filename, fmt, bits, clip, overwrite, downmix, spec.name, several_tracks=True,
                      bitrate=bitrate, quality=quality)
     files = _audio_files(folder, recursive, skip=_output_tree(folder, out, spec.name))
@@ -369,7 +401,7 @@ def batch(
                                 weights=weights, offline=offline, config=config)
     # {track} is the path below the folder: sub/song.wav -> "sub/song", written below <out>/<model>/sub/
     tracks = {path: str(path.relative_to(folder).with_suffix("")) for path in files}
-    refused = plan_outputs(tracks.items(), separator, output).refused  # later inputs with taken outputs
+    refused = plan_outputs(tracks.items(), separator, output, settings).refused  # later inputs with taken outputs
     console, err = _stdout(), _stderr()
     if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -395,7 +427,8 @@ def batch(
         if result.status == "skipped":
             quiet = skip_existing and not result.busy
             return str(relative), "skipped", "" if quiet else "; ".join(result.notes)
-        return str(relative), "done", f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s"
+        return str(relative), "done", (f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s: "
+                                       f"{', '.join(result.stems)}")
 
     def finished(row: tuple[str, str, str], task) -> None:
         progress.remove_task(task)
