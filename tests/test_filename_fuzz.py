@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from conftest import tone_mix
 from sfsep.audio import check_template, output_path, template_fields
-from sfsep.errors import AudioError, SfsepError, UsageError
+from sfsep.errors import AudioError, UsageError
 from sfsep.pipeline import OutputOptions, Settings, plan_outputs
 
 OUT = Path("/nonexistent-sfsep-fuzz/separated/model")
