@@ -1035,6 +1035,7 @@ def main(argv: list[str] | None = None) -> None:
         previous_handler = signal.signal(signal.SIGINT, _on_interrupt)
     except ValueError:  # called from a thread other than the main one: keep Python's handler
         previous_handler = None
+    code: object = None
     try:
         code = app(args=args, prog_name="sfsep", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
@@ -1068,8 +1069,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
     finally:
         if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+            if code == 130 and argv is None:
+                # The console script is exiting after a Ctrl-C: a further one must not land in
+                # Python's shutdown (torch's exit hooks) and print a traceback after "interrupted".
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            else:
+                signal.signal(signal.SIGINT, previous_handler)
     sys.exit(code if isinstance(code, int) else 0)
+
 
 
 if __name__ == "__main__":
