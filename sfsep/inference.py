@@ -397,18 +397,30 @@ class _DemucsPlan(_Plan):
 
 
 class _FadePlan(_Plan):
-    """sfsep's own: the last chunk ends at the signal's end; overlaps cross-faded in their middle."""
+    """sfsep's own: chunks on a regular grid, overlaps cross-faded in their middle. For a model
+    that takes inputs of a fixed length the last chunk ends at the signal's end (it overlaps the
+    one before it by more); for one that takes any length (`any_length`) it stays on the grid and
+    runs shorter, unpadded, so it costs no more than it covers and every chunk starts a whole
+    number of steps from the first."""
 
     def __init__(self, contract, length):
         super().__init__(contract, length)
-        self.starts = fade_plan(length, self.segment, contract.overlap)
+        self.starts = fade_plan(length, self.segment, contract.overlap, on_grid=contract.any_length)
 
     def chunks(self):
         return [Chunk(start, min(self.segment, self.length - start)) for start in self.starts]
 
+    def groups(self, chunks):
+        groups = super().groups(chunks)
+        last = groups[-1]
+        if self.contract.any_length and len(last) > 1 and chunks[last[-1]].length < self.segment:
+            # The short last chunk runs alone (unpadded), so batching never changes the result.
+            groups[-1:] = [range(last.start, last.stop - 1), range(last.stop - 1, last.stop)]
+        return groups
+
     def model_input(self, chunk, part):
-        if self.contract.any_length and self.length < self.segment:
-            return part  # the single chunk of a short signal, as it is
+        if self.contract.any_length and chunk.length < self.segment:
+            return part  # a short chunk as it is
         return super().model_input(chunk, part)
 
     def weight(self, index, chunk, group, total):
@@ -494,11 +506,15 @@ def _triangle_weight(segment: int, transition_power: float = 1.0) -> torch.Tenso
     return (weight / weight.max()) ** transition_power
 
 
-def fade_plan(length: int, chunk_size: int, overlap: float) -> list[int]:
-    """Chunk starts for the 'fade' style: a regular grid whose last chunk ends at `length`."""
+def fade_plan(length: int, chunk_size: int, overlap: float, on_grid: bool = False) -> list[int]:
+    """Chunk starts for the 'fade' style: a regular grid whose last chunk ends at `length`, or
+    with `on_grid`, the grid itself up to the first chunk that reaches `length` (that chunk is
+    then shorter than `chunk_size`, and longer than the overlap)."""
     if length <= chunk_size:
         return [0]
     step = max(1, chunk_size - int(round(overlap * chunk_size)))
+    if on_grid:
+        return list(range(0, length - chunk_size + step, step))
     starts = list(range(0, length - chunk_size, step))
     starts.append(length - chunk_size)
     return starts
@@ -508,8 +524,8 @@ def fade_weight(starts: list[int], index: int, chunk_size: int, length: int) -> 
     """The weights of chunk `index` of a fade plan: inside each overlap, zero for its outer
     quarters, a linear cross-fade in its middle half. The first chunk has no fade-in, the last
     no fade-out."""
-    span = min(chunk_size, length)
     start = starts[index]
+    span = min(chunk_size, length - start)
     w = torch.ones(span)
     if index > 0:  # overlap with the previous chunk: [start, previous_end)
         overlap_len = starts[index - 1] + chunk_size - start
@@ -528,6 +544,10 @@ def fade_weight(starts: list[int], index: int, chunk_size: int, length: int) -> 
 
 # --------------------------------------------------------------------------------------------
 # The executor: pull signal blocks, run chunks in batches, emit the estimate block by block
+
+
+EMIT_SAMPLES = 1 << 16
+"""Most samples `run_chunks` hands out at a time (4 stereo stems: 2 MB)."""
 
 
 class _SignalWindow:
@@ -569,7 +589,8 @@ class _SignalWindow:
         position = min(position, self.end)
         if position > self.first:
             data = self._joined()
-            self._data = data[..., position - self.first :]
+            # A copy, not a view: a view would keep the whole joined stretch alive.
+            self._data = data[..., position - self.first :].clone()
             self.first = position
 
 
@@ -666,7 +687,8 @@ def run_chunks(
             if out.dim() == 3:  # a model that returns one stem without a stem axis
                 out = out.unsqueeze(1)
             out = out.float().cpu()
-        out = out.clone() if out.is_inference() else out  # an ordinary tensor for the sums below
+        # `out` may be an inference tensor: it is only read below (outside inference mode that
+        # is allowed), never modified in place nor copied, which would hold a second chunk of stems.
         for j, i in enumerate(group):
             chunk = chunks[i]
             piece = plan.crop_output(out[j], chunk)
@@ -681,23 +703,36 @@ def run_chunks(
                 result = F.pad(result, (0, grow))
                 weight_sum = F.pad(weight_sum, (0, grow))
             span = slice(chunk.start - result_start, end - result_start)
-            result[..., span] += piece * w
+            if isinstance(w, torch.Tensor):
+                result[..., span].addcmul_(piece, w)  # in place: no chunk-sized temporary
+            else:
+                result[..., span].add_(piece, alpha=w)
             weight_sum[span] += w
+        del out, piece, inputs  # not held while the consumer runs and the next chunk is made
         if on_chunks is not None:
             on_chunks(len(group))
         final = chunks[group[-1] + 1].start if group[-1] + 1 < len(chunks) else plan.virtual_length
         final = min(final, stop)
-        if final > emitted:
-            part = result[..., emitted - result_start : final - result_start]
+        # What is final goes out in pieces of at most EMIT_SAMPLES, each a tensor of its own (not
+        # a view of the sums): every stage downstream holds the piece it last handled while the
+        # next one is made, and chunk-sized pieces held by each stage added up to hundreds of MB.
+        while emitted < final:
+            upto = min(final, emitted + EMIT_SAMPLES)
+            part = result[..., emitted - result_start : upto - result_start]
             if plan.divide:
-                part = part / weight_sum[emitted - result_start : final - result_start]
+                part = part / weight_sum[emitted - result_start : upto - result_start]
                 if plan.nan_to_zero:
                     part = torch.nan_to_num(part, nan=0.0)
+            else:
+                part = part.clone()
             yield part
-            emitted = final
+            del part
+            emitted = upto
         drop = max(0, min(emitted, final) - result_start)
         if drop:
-            result, weight_sum = result[..., drop:], weight_sum[drop:]
+            # Copies of what later chunks still add to (an overlap): views would keep the whole
+            # chunk-sized sums alive while the next chunk runs.
+            result, weight_sum = result[..., drop:].clone(), weight_sum[drop:].clone()
             result_start += drop
         window.drop_before(keep_from[group[-1] + 1])
     if emitted < stop:  # samples no chunk covered (cannot happen with the plans above)
@@ -716,9 +751,10 @@ def demix(
     precision: str = "fp32",
     padded_length: int | None = None,
     progress: ProgressCallback | None = None,
+    any_length: bool = False,
 ) -> torch.Tensor:
     """Separate `mix` (channels, samples) chunk by chunk; returns stems (stems, channels, samples)
-    as float32 on the CPU. The whole-signal form of `run_chunks`.
+    as float32 on the CPU. The whole-signal form of `run_chunks` (`any_length`: see RunContract).
 
     `model` maps (batch, channels, chunk) to (batch, stems, channels, chunk) on `device` (the
     model must already be there). `chunk_size=None` runs the whole signal in one call.
@@ -729,7 +765,7 @@ def demix(
     is_count = style in ("msst", "msst_demucs")
     contract = RunContract(style=style, segment=chunk_size, num_overlap=overlap if is_count else None,
                            overlap=None if is_count else overlap, padded_length=padded_length,
-                           batch_size=batch_size)
+                           batch_size=batch_size, any_length=any_length)
     return run_whole(model, mix, contract, device=device, precision=precision, progress=progress)
 
 

@@ -61,6 +61,37 @@ def test_fade_plan_covers_signal_and_ends_at_the_end():
     assert fade_plan(500, 1024, 0.25) == [0]
 
 
+def test_fade_plan_on_grid_ends_with_a_shorter_chunk():
+    """For models that take any length the chunks stay on the grid; the last one reaches the
+    end, is shorter than a chunk and longer than the overlap, and no chunk is wasted."""
+    for length in (1751, 2000, 2500, 10_000, 10_001):
+        starts = fade_plan(length, 1000, 0.25, on_grid=True)
+        assert starts == list(range(0, starts[-1] + 1, 750))
+        assert starts[-1] + 1000 >= length > starts[-1] + 250
+        assert len(starts) == 1 or starts[-2] + 1000 < length
+    assert fade_plan(1750, 1000, 0.25, on_grid=True) == [0, 750]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_any_length_runs_the_short_last_chunk_unpadded_and_alone(batch_size):
+    """The last chunk of an any_length fade plan reaches the model unpadded, in a call of its own
+    whatever the batch size, and the result reconstructs an identity model."""
+    lengths = []
+
+    def identity(batch):
+        lengths.append((batch.shape[0], batch.shape[-1]))
+        return batch[:, None]
+
+    mix = _signal(10_123)
+    out = demix(identity, mix, chunk_size=2048, overlap=0.25, style="fade", batch_size=batch_size,
+                any_length=True)
+    torch.testing.assert_close(out[0], mix, atol=1e-5, rtol=0)
+    starts = fade_plan(10_123, 2048, 0.25, on_grid=True)
+    assert lengths[-1] == (1, 10_123 - starts[-1]) and 10_123 - starts[-1] < 2048
+    assert all(length == 2048 for _, length in lengths[:-1])
+    assert sum(count for count, _ in lengths) == len(starts)
+
+
 @pytest.mark.parametrize("style,overlap", [("msst", 2), ("msst", 4), ("msst_demucs", 4), ("demucs", 0.25), ("fade", 0.5)])
 def test_every_style_reconstructs_an_identity_model(style, overlap):
     """A model that returns its input (as one stem) must come back unchanged from every style."""

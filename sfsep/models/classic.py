@@ -570,11 +570,10 @@ class ClassicSeparator(_MaskSeparator):
         are whole numbers of hops, so every chunk's frames are frames of the whole signal
         (REPET-SIM's picks within the window involve no other grid: `_pick_greedy`). O/4 is
         R rounded up to a whole number of hops, S = `_CHUNK_OVERLAPS` O. The chunked output
-        then equals the whole-signal output to float rounding (~3e-8 measured) everywhere
-        except where only the last chunk counts: fade_plan ends that chunk at the end of the
-        signal, generally a fraction of a hop off the frames, which gives an equally valid
-        separation of that stretch that differs slightly (~30-40 dB below the signal, see
-        tests/test_classic.py).
+        then equals the whole-signal output to float rounding (~3e-8 measured) everywhere:
+        the module takes any length (the contract's `any_length`), so the last chunk stays on
+        the grid and runs shorter instead of ending, off the frames, at the signal's end
+        (see tests/test_classic.py).
 
         Cost. Every sample is processed S / (S - O) times: 4/3 with S = 4 O. A longer
         segment costs less (5 O: 1.25x) but needs memory in proportion, a shorter one more
@@ -837,8 +836,8 @@ class NMFSeparator(_MaskSeparator):
         whole, and every sample it is weighted on lies in one of those blocks. What differs
         from the whole-signal run: a chunk's first and last couple of frames see zeros past
         its edges instead of the neighbouring audio, which moves the factorisation of the two
-        outer blocks slightly, and the last chunk, which fade_plan ends at the end of the
-        signal, is generally off the block grid (its blocks are other, equally valid cuts).
+        outer blocks slightly. The last chunk stays on the grid too (the contract's
+        `any_length`: it runs shorter rather than ending at the signal's end, off the grid).
         Cost: every sample is factorised (m + 1) / m times; memory per chunk is that of an
         (m + 1) B input (measured at 44.1 kHz stereo: 120-s chunks grow the peak resident
         memory by 360 MB, 200 MB of it the chunk's input and stems). m = 2 (90-s chunks with
