@@ -68,12 +68,13 @@ class TuneFlags:
     shifts: Annotated[int, Opt("--shifts", help="Average over N random time shifts of the input (demucs' option; N "
                                                 "times slower).")] = 0
 
-    def settings(self, device: str, resampler: str = "auto", seed: int | None = None):
+    def settings(self, device: str, **fields):
+        """The library's Settings (checked there); `fields` adds others (resampler, seed)."""
         from .pipeline import Settings
 
-        return Settings(resampler=resampler, sigma=self.sigma, snr_db=self.snr, seed=seed,
-                        chunk_seconds=self.chunk_seconds, overlap=self.overlap, batch_size=self.batch_size,
-                        device=device, precision=self.precision, gate_db=self.gate_db, shifts=self.shifts)
+        return Settings(sigma=self.sigma, snr_db=self.snr, chunk_seconds=self.chunk_seconds, overlap=self.overlap,
+                        batch_size=self.batch_size, device=device, precision=self.precision, gate_db=self.gate_db,
+                        shifts=self.shifts, **fields)
 
 
 @dataclass
@@ -85,8 +86,8 @@ class RunFlags(TuneFlags):
                                   "trainable: the kernel `sfsep train-kernel` trained.")] = "auto"
     seed: Annotated[Optional[int], Opt("--seed", help="Seed for the random resamplers, to reproduce a run.")] = None
 
-    def settings(self, device: str, resampler: str = "", seed: int | None = None):
-        return super().settings(device, self.resampler, self.seed)
+    def settings(self, device: str, **fields):
+        return super().settings(device, resampler=self.resampler, seed=self.seed, **fields)
 
 
 @dataclass

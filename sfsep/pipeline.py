@@ -313,13 +313,16 @@ class ModelChoice:
     progress: bool | None = None
 
     def spec(self) -> ModelSpec:
+        """The spec to load (before any --config is applied to it); UsageError for a bad choice."""
         return _spec_to_load(self.model, self.config, self.weights)[0]
 
     @property
     def name(self) -> str:
+        """The model's name: its output folder's name."""
         return self.spec().name
 
     def load(self, **settings: Any) -> Separator:
+        """The Separator (weights fetched, checked and loaded); `settings` are Settings fields."""
         return Separator(self.model, device=self.device, weights=self.weights, config=self.config,
                          offline=self.offline, progress=self.progress, **settings)
 
