@@ -1,9 +1,16 @@
 """Audio files in and out: reading, inspection (rate, channels, effective bandwidth), writing.
 
 Reading goes through soundfile (libsndfile: WAV, FLAC, OGG, MP3 where the bundled library has it,
-AIFF, ...) to float32 tensors shaped (channels, samples). Everything that can be wrong with an
-input file becomes an `AudioError` naming the file: missing, a folder, not audio, truncated,
-empty, NaN/Inf samples, too many channels.
+AIFF, ...) to float32 tensors shaped (channels, samples). A file libsndfile cannot read (m4a/AAC,
+the sound of a video, ...) is decoded with PyAV (FFmpeg) when the optional `sfsep[ffmpeg]` extra
+is installed; PyAV is imported only then. Everything that can be wrong with an input file becomes
+an `AudioError` naming the file: missing, a folder, not audio, truncated, empty, NaN/Inf samples,
+too many channels, a format that needs the ffmpeg extra.
+
+Stems are written as wav or flac (16/24-bit PCM, or 32-bit float wav), or lossy as mp3 (constant
+bitrate, `bitrate` kbps), ogg (Vorbis) or opus (Ogg Opus) with a `quality` from 0 to 10; all through
+libsndfile, which encodes MP3 with LAME. `encoder_options` says how a format is written at a rate,
+`writable_rate` which rate a format can hold (mp3 and opus take only a few).
 
 Writing is atomic: the file is written under a temporary name in the target folder and renamed
 into place when complete, so an interrupted run never leaves a half-written stem under the final
@@ -16,6 +23,7 @@ permissions the umask gives, like any other new file. A set of stems is publishe
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 import os
 import secrets
@@ -37,17 +45,41 @@ try:
 except ImportError:  # Windows: TrackLock does nothing there
     fcntl = None
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".caf", ".opus")
-"""Extensions that `sfsep batch` picks up in a folder."""
+SNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".caf",
+                      ".opus")
+"""Extensions of the formats libsndfile reads."""
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".m4b", ".alac", ".wma", ".mka", ".ac3", ".ape", ".wv", ".amr")
+"""Audio formats only FFmpeg reads (the `sfsep[ffmpeg]` extra); videos are read too when named."""
+AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
+"""Extensions that `sfsep batch` picks up in a folder (not videos: name those to `sfsep separate`)."""
+FFMPEG_HINT = "pip install 'sfsep[ffmpeg]'"
 
-WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC"}
+WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3", "ogg": "OGG", "opus": "OGG"}
+"""--format -> libsndfile's major format."""
 SUBTYPES = {
     ("wav", 16): "PCM_16",
     ("wav", 24): "PCM_24",
     ("wav", 32): "FLOAT",
     ("flac", 16): "PCM_16",
     ("flac", 24): "PCM_24",
+    ("mp3", None): "MPEG_LAYER_III",  # lossy formats have no bit depth
+    ("ogg", None): "VORBIS",
+    ("opus", None): "OPUS",
 }
+LOSSY_FORMATS = ("mp3", "ogg", "opus")
+FORMAT_RATES = {
+    "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),  # MPEG-1, -2 and -2.5
+    "opus": (8000, 12000, 16000, 24000, 48000),  # libopus' rates
+}
+"""The only rates these formats hold (libsndfile refuses the others)."""
+VORBIS_MAX_RATE = 200_000
+"""libvorbis has no encoder setup above 200 kHz (libsndfile 1.2.2 crashes there instead of failing)."""
+MP3_BITRATES = {
+    "MPEG-1": (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),  # 32 to 48 kHz
+    "MPEG-2": (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),  # 16 to 24 kHz
+    "MPEG-2.5": (8, 16, 24, 32, 40, 48, 56, 64),  # 8 to 12 kHz: libsndfile reaches 64 kbps at most
+}
+"""Layer III bitrates (kbps) by MPEG version, as far as libsndfile's encoder reaches them."""
 CLIP_MODES = ("clamp", "rescale", "none")
 
 
@@ -56,9 +88,10 @@ class AudioInfo:
     path: Path
     rate: int
     channels: int
-    frames: int
+    frames: int  # with reader "ffmpeg" an estimate from the container's duration: decode to know it
     format: str
     subtype: str
+    reader: str = "soundfile"  # "soundfile" (libsndfile) or "ffmpeg" (PyAV)
 
     @property
     def duration(self) -> float:
@@ -109,7 +142,7 @@ def inspect(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: not an audio file that can be read ({_short(exc)})") from exc
+        return _ffmpeg_inspect(path, exc)
     _check_riff_complete(path)
     if info.frames == 0:
         raise AudioError(f"{path}: contains no audio samples")
@@ -139,7 +172,10 @@ def read(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 
     More than `max_channels` channels is an error unless `downmix`, which averages them to stereo
     (odd channels to the left, even to the right, as a plain fold-down).
     """
-    path = check_input(path, downmix=downmix, max_channels=max_channels).path
+    info = check_input(path, downmix=downmix, max_channels=max_channels)
+    path = info.path
+    if info.reader == "ffmpeg":
+        return torch.cat(list(read_blocks(path, max_channels=max_channels, info=info)), dim=-1), info.rate
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -173,23 +209,107 @@ def read_blocks(path: str | os.PathLike, *, downmix: bool = False, max_channels:
     info = info or check_input(path, downmix=downmix, max_channels=max_channels)
     path = info.path
     seen = 0
+    blocks = _ffmpeg_blocks(info, block_frames) if info.reader == "ffmpeg" else _sndfile_blocks(info, block_frames)
+    for data in blocks:  # (frames, channels) float32
+        if not np.isfinite(data).all():
+            bad = int((~np.isfinite(data)).sum())
+            raise AudioError(f"{path}: contains NaN or infinite samples ({bad} in the block at "
+                             f"{seen / info.rate:.1f} s); the file is damaged")
+        seen += data.shape[0]
+        audio = torch.from_numpy(np.ascontiguousarray(data.T))
+        yield fold_to_stereo(audio) if audio.shape[0] > max_channels else audio
+    if seen == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+
+
+def _sndfile_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
     try:
-        with sf.SoundFile(str(path)) as handle:
+        with sf.SoundFile(str(info.path)) as handle:
             while True:
                 data = handle.read(block_frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
-                    break
-                if not np.isfinite(data).all():
-                    bad = int((~np.isfinite(data)).sum())
-                    raise AudioError(f"{path}: contains NaN or infinite samples ({bad} in the block at "
-                                     f"{seen / info.rate:.1f} s); the file is damaged")
-                seen += data.shape[0]
-                audio = torch.from_numpy(np.ascontiguousarray(data.T))
-                yield fold_to_stereo(audio) if audio.shape[0] > max_channels else audio
+                    return
+                yield data
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: could not be decoded ({_short(exc)})") from exc
-    if seen == 0:
-        raise AudioError(f"{path}: contains no audio samples")
+        raise AudioError(f"{info.path}: could not be decoded ({_short(exc)})") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Formats only FFmpeg reads (the optional PyAV dependency)
+
+
+def _import_av(path: Path):
+    """PyAV, or an AudioError naming `path` and the extra to install."""
+    try:
+        import av
+    except ImportError:
+        raise AudioError(f"{path}: not a format libsndfile reads; reading it needs FFmpeg: {FFMPEG_HINT}") from None
+    return av
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's message without PyAV's "[Errno N] ... : 'path'" wrapping."""
+    return getattr(exc, "strerror", None) or _short(exc)
+
+
+def _ffmpeg_inspect(path: Path, sndfile_error: Exception) -> AudioInfo:
+    """Rate, channels and estimated length of a file libsndfile could not open, through PyAV.
+    Without PyAV: a file with a libsndfile extension is not audio (or damaged); any other names
+    the ffmpeg extra."""
+    try:
+        import av
+    except ImportError:
+        if path.suffix.lower() in SNDFILE_EXTENSIONS:
+            raise AudioError(f"{path}: not an audio file that can be read ({_short(sndfile_error)})") from None
+        raise AudioError(f"{path}: not a format libsndfile reads ({_short(sndfile_error)}); reading it needs "
+                         f"FFmpeg: {FFMPEG_HINT}") from None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: has no audio stream")
+            stream = container.streams.audio[0]
+            context = stream.codec_context
+            rate = int(context.sample_rate or stream.rate or 0)
+            channels = len(context.layout.channels) if context.layout else int(getattr(context, "channels", 0))
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            else:
+                seconds = (container.duration or 0) / av.time_base
+            container_name, codec = container.format.name, context.name
+    except av.error.FFmpegError as exc:
+        raise AudioError(f"{path}: not an audio file that can be read ({_short(sndfile_error)}; FFmpeg: "
+                         f"{_ffmpeg_reason(exc)})") from exc
+    if rate <= 0 or channels <= 0:
+        raise AudioError(f"{path}: its audio stream states no sampling rate or channel count")
+    return AudioInfo(path, rate, channels, max(0, round(seconds * rate)), f"FFMPEG:{container_name}", codec.upper(),
+                     reader="ffmpeg")
+
+
+def _ffmpeg_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    """Decode the first audio stream with PyAV into (frames, channels) float32 blocks of
+    `block_frames` (the last one shorter). FFmpeg's converter only changes the sample format to
+    float: the rate and channel layout are the stream's (a stream that changes them midway is
+    brought back to the rate and layout it started with)."""
+    av = _import_av(info.path)
+    held: list[np.ndarray] = []
+    count = 0
+    try:
+        with av.open(str(info.path)) as container:
+            stream = container.streams.audio[0]
+            converter = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=info.rate)
+            frames = itertools.chain.from_iterable(converter.resample(frame) for frame in container.decode(stream))
+            for frame in itertools.chain(frames, converter.resample(None)):
+                data = frame.to_ndarray().T  # planar (channels, n) -> (n, channels)
+                held.append(data)
+                count += data.shape[0]
+                while count >= block_frames:
+                    joined = np.concatenate(held)
+                    yield joined[:block_frames]
+                    held, count = [joined[block_frames:]], count - block_frames
+    except av.error.FFmpegError as exc:
+        raise AudioError(f"{info.path}: could not be decoded (FFmpeg: {_ffmpeg_reason(exc)})") from exc
+    if count:
+        yield np.concatenate(held)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +350,12 @@ def effective_bandwidth(audio: torch.Tensor, rate: int, *, threshold_db: float =
 
 def file_bandwidth(info: AudioInfo, *, threshold_db: float = 60.0) -> float:
     """`effective_bandwidth` of a whole file, reading only its analysis frames (by seeking), so
-    that a long file costs a few hundred short reads, not a decode of the whole file."""
+    that a long file costs a few hundred short reads, not a decode of the whole file. A file read
+    through FFmpeg (whose seeking is not sample-exact) is decoded once instead and the frames are
+    picked out as the blocks pass; give it `info` with the decoded length as `frames`."""
     n_fft, starts = _bandwidth_layout(info.frames, info.rate)
+    if info.reader == "ffmpeg":
+        return _bandwidth_of_frames(_stream_frames(info, n_fft, starts), info.rate, threshold_db)
     frames = []
     try:
         with sf.SoundFile(str(info.path)) as handle:
@@ -244,6 +368,21 @@ def file_bandwidth(info: AudioInfo, *, threshold_db: float = 60.0) -> float:
         raise AudioError(f"{info.path}: could not be decoded ({_short(exc)})") from exc
     frames = torch.nan_to_num(torch.stack(frames), nan=0.0, posinf=0.0, neginf=0.0)
     return _bandwidth_of_frames(frames, info.rate, threshold_db)
+
+
+def _stream_frames(info: AudioInfo, n_fft: int, starts: list[int]) -> torch.Tensor:
+    """The channel-mean frames [start, start + n_fft) of a file, gathered in one decoding pass."""
+    frames = torch.zeros(len(starts), n_fft, dtype=torch.float64)
+    position = 0
+    for block in read_blocks(info.path, max_channels=max(2, info.channels), info=info):
+        mono = block.double().mean(0)
+        end = position + mono.numel()
+        for index, start in enumerate(starts):
+            first, last = max(start, position), min(start + n_fft, end)
+            if first < last:
+                frames[index, first - start : last - start] = mono[first - position : last - position]
+        position = end
+    return frames
 
 
 def _bandwidth_of_frames(frames: torch.Tensor, rate: int, threshold_db: float) -> float:
@@ -319,10 +458,17 @@ class WriteReport:
     scale: float  # the gain applied by --clip rescale (1.0 otherwise)
 
 
-def subtype_for(fmt: str, bits: int) -> str:
-    """libsndfile subtype for a format and bit depth, or a UsageError for impossible pairs."""
+def subtype_for(fmt: str, bits: int | None = None) -> str:
+    """libsndfile subtype for a format and bit depth, or a UsageError for impossible pairs. `bits`
+    None means 16 for wav and flac; the lossy formats have no bit depth and take only None."""
     if fmt not in WRITE_FORMATS:
         raise UsageError(f"--format {fmt}: sfsep writes {', '.join(WRITE_FORMATS)}")
+    if fmt in LOSSY_FORMATS:
+        if bits is not None:
+            raise UsageError(f"--bits {bits} with --format {fmt}: a lossy format has no bit depth; leave --bits "
+                             f"out ({'--bitrate' if fmt == 'mp3' else '--quality'} sets its size)")
+        return SUBTYPES[(fmt, None)]
+    bits = 16 if bits is None else bits
     subtype = SUBTYPES.get((fmt, bits))
     if subtype is None:
         allowed = sorted(b for f, b in SUBTYPES if f == fmt)
@@ -330,12 +476,105 @@ def subtype_for(fmt: str, bits: int) -> str:
     return subtype
 
 
-def prepare_for_writing(audio: torch.Tensor, *, bits: int, clip: str = "clamp") -> tuple[np.ndarray, int, float]:
+def check_encoding(fmt: str, *, bits: int | None = None, bitrate: int | None = None,
+                   quality: float | None = None) -> None:
+    """A UsageError for settings that do not fit the format, before any work: --bits only for wav
+    and flac, --bitrate (a Layer III bitrate in kbps) only for mp3, --quality (0 to 10) only for
+    ogg and opus."""
+    subtype_for(fmt, bits)
+    if bitrate is not None:
+        if fmt != "mp3":
+            raise UsageError(f"--bitrate {bitrate} with --format {fmt}: only mp3 takes a bitrate"
+                             + (" (ogg and opus take --quality)" if fmt in LOSSY_FORMATS else ""))
+        allowed = sorted(set(MP3_BITRATES["MPEG-1"]) | set(MP3_BITRATES["MPEG-2"]))
+        if bitrate not in allowed:
+            raise UsageError(f"--bitrate {bitrate}: use one of {', '.join(map(str, allowed))} (kbps)")
+    if quality is not None:
+        if fmt not in ("ogg", "opus"):
+            raise UsageError(f"--quality {quality:g} with --format {fmt}: only ogg and opus take a quality"
+                             + (" (mp3 takes --bitrate)" if fmt == "mp3" else ""))
+        if not 0 <= quality <= 10:
+            raise UsageError(f"--quality {quality:g}: use a number from 0 to 10")
+
+
+def writable_rate(fmt: str, rate: int) -> int:
+    """The rate stems at `rate` are written at in `fmt`: `rate` itself when the format holds it;
+    otherwise the lowest rate it holds above `rate`, or its highest when none is above (mp3 and
+    opus: 48 kHz; ogg: 192 kHz above libvorbis' 200 kHz)."""
+    if fmt == "ogg":
+        return rate if rate <= VORBIS_MAX_RATE else 192_000
+    rates = FORMAT_RATES.get(fmt)
+    if rates is None or rate in rates:
+        return rate
+    above = [held for held in rates if held > rate]
+    return min(above) if above else max(rates)
+
+
+def mpeg_version(rate: int) -> str:
+    """The MPEG version of an mp3 at `rate`: MPEG-1 at 32-48 kHz, MPEG-2 at 16-24, MPEG-2.5 below."""
+    return "MPEG-1" if rate >= 32000 else "MPEG-2" if rate >= 16000 else "MPEG-2.5"
+
+
+def mp3_bitrate(rate: int, requested: int | None = None) -> int:
+    """The constant bitrate (kbps) of an mp3 at `rate`: `requested` when the rate's MPEG version has
+    it, else its nearest (the lower one on a tie); None: the highest it has (320 kbps at 32-48 kHz,
+    160 at 16-24 kHz, 64 at 8-12 kHz)."""
+    choices = MP3_BITRATES[mpeg_version(rate)]
+    if requested is None:
+        return choices[-1]
+    return min(choices, key=lambda bitrate: (abs(bitrate - requested), bitrate))
+
+
+def encoder_options(fmt: str, rate: int, *, bits: int | None = None, bitrate: int | None = None,
+                    quality: float | None = None) -> dict:
+    """Keyword arguments of `soundfile.SoundFile` that write `fmt` at `rate` (a UsageError if the
+    settings or the rate do not fit the format; see `check_encoding`, `writable_rate`).
+
+    The lossy formats are set through libsndfile's compression level L (0 = best, 1 = smallest):
+    - mp3, constant bitrate: libsndfile asks LAME for hi - L (hi - lo) kbps, [lo, hi] = [32, 320]
+      for MPEG-1, [8, 160] for MPEG-2, [8, 64] for MPEG-2.5, and LAME takes the nearest standard
+      bitrate; we pass the L that gives `mp3_bitrate(rate, bitrate)` (default: the highest).
+    - ogg: Vorbis quality 1 - L; we pass L = 1 - Q/10, so --quality Q is oggenc's -q Q. Without
+      it libsndfile's default, quality 0.4 (-q 4; about 130 kbps for stereo at 44.1 kHz).
+    - opus: libsndfile sets 6 + 250 (1 - L) kbps per channel; we pass L = 1 - Q/10: --quality Q
+      is 6 + 25 Q kbps per channel (Q 2: 56, Q 4: 106, Q 10: 256). Without it libopus chooses
+      (about 62 kbps per channel at 48 kHz).
+    """
+    check_encoding(fmt, bits=bits, bitrate=bitrate, quality=quality)
+    if writable_rate(fmt, rate) != rate:
+        held = ", ".join(map(str, FORMAT_RATES[fmt])) if fmt in FORMAT_RATES else f"at most {VORBIS_MAX_RATE}"
+        raise UsageError(f"--format {fmt} holds {held} Hz, not {rate} Hz (resample the stems to "
+                         f"{writable_rate(fmt, rate)} Hz first)")
+    options = {"format": WRITE_FORMATS[fmt], "subtype": subtype_for(fmt, bits)}
+    if fmt == "mp3":
+        choices = MP3_BITRATES[mpeg_version(rate)]
+        lowest, highest = choices[0], choices[-1]
+        # A level of exactly 1 is refused: libsndfile applies it while LAME is still in its VBR
+        # mode, where it means quality 10, out of LAME's range; 0.999 still gives the lowest.
+        level = min(0.999, (highest - mp3_bitrate(rate, bitrate)) / (highest - lowest))
+        options.update(compression_level=level, bitrate_mode="CONSTANT")
+    elif fmt in ("ogg", "opus") and quality is not None:
+        options["compression_level"] = 1.0 - quality / 10.0
+    return options
+
+
+def _clamp_limit(fmt: str, bits: int | None) -> float:
+    """The largest magnitude --clip clamp leaves: full scale for float and the lossy formats (their
+    encoders take floats), the largest value the bit depth holds for integer PCM."""
+    if fmt in LOSSY_FORMATS:
+        return 1.0
+    bits = 16 if bits is None else bits
+    return 1.0 if bits == 32 else 1.0 - 2.0 ** (1 - bits)
+
+
+def prepare_for_writing(audio: torch.Tensor, *, bits: int | None, clip: str = "clamp",
+                        fmt: str = "wav") -> tuple[np.ndarray, int, float]:
     """Apply clip handling; returns (samples, frames) array, the number of clipped samples and the scale.
 
     clamp: samples beyond full scale are clamped (demucs clamps to 0.99 to leave headroom for
-    the integer conversion; we clamp to the largest value the bit depth holds). rescale: the whole
-    signal is scaled down so its peak fits. none: left as is (only sensible with --bits 32).
+    the integer conversion; we clamp to the largest value the bit depth holds, `_clamp_limit`).
+    rescale: the whole signal is scaled down so its peak fits. none: left as is (only sensible
+    with --bits 32 or a lossy format).
     """
     if clip not in CLIP_MODES:
         raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
@@ -347,16 +586,16 @@ def prepare_for_writing(audio: torch.Tensor, *, bits: int, clip: str = "clamp") 
         scale = 1.0 / peak
         samples = samples * scale
     elif clip == "clamp" and clipped:
-        limit = 1.0 if bits == 32 else 1.0 - 2.0 ** (1 - bits)
+        limit = _clamp_limit(fmt, bits)
         samples = samples.clamp(-limit, limit)
     return samples.numpy().T, clipped, scale
 
 
-def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int, clip: str) -> tuple[str, WriteReport]:
+def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int | None, clip: str) -> tuple[str, WriteReport]:
     """Write to a temporary file beside `path`; returns its name and the report."""
     fmt = path.suffix.lower().lstrip(".")
-    subtype = subtype_for(fmt, bits)
-    data, clipped, scale = prepare_for_writing(audio, bits=bits, clip=clip)
+    options = encoder_options(fmt, rate, bits=bits)
+    data, clipped, scale = prepare_for_writing(audio, bits=bits, clip=clip, fmt=fmt)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -364,7 +603,7 @@ def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int, clip: str) 
     except OSError as exc:
         raise AudioError(f"{folder}: cannot write in the output folder ({exc.strerror})") from exc
     try:
-        sf.write(temporary, data, rate, subtype=subtype, format=WRITE_FORMATS[fmt])
+        sf.write(temporary, data, rate, **options)
     except BaseException as exc:
         _remove(temporary)
         if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
@@ -437,29 +676,36 @@ class StagedStems:
     the `with` block on an error or Ctrl-C) removes them, so a failure never leaves a
     half-written file under a final name and replaces no existing one. Clip handling is applied
     per block ("clamp", "none"); "rescale" needs the whole stem's peak, so the stems are staged
-    as float32 first and scaled into the final format in a second pass at `publish()`.
+    as float32 first and scaled into the final format in a second pass at `publish()`. The format
+    is each target's extension, encoded as `encoder_options` says (`bits` for wav and flac,
+    `bitrate` for mp3, `quality` for ogg and opus); `rate` must be one the format holds
+    (`writable_rate`).
     """
 
-    def __init__(self, targets: dict[str, Path], rate: int, channels: int, *, bits: int = 16, clip: str = "clamp"):
+    def __init__(self, targets: dict[str, Path], rate: int, channels: int, *, bits: int | None = None,
+                 clip: str = "clamp", bitrate: int | None = None, quality: float | None = None):
         if clip not in CLIP_MODES:
             raise UsageError(f"--clip {clip}: use one of {', '.join(CLIP_MODES)}")
         self.targets = {name: Path(path) for name, path in targets.items()}
         self.rate, self.channels, self.bits, self.clip = rate, channels, bits, clip
         self.clipped = {name: 0 for name in targets}
         self.peaks = {name: 0.0 for name in targets}
+        self._options = {name: encoder_options(path.suffix.lower().lstrip("."), rate, bits=bits, bitrate=bitrate,
+                                               quality=quality) for name, path in self.targets.items()}
+        self._limits = {name: _clamp_limit(path.suffix.lower().lstrip("."), bits)
+                        for name, path in self.targets.items()}
         self._files: dict[str, tuple[str, sf.SoundFile]] = {}
         _check_replaceable(self.targets.values())  # before any work, not only at publish()
         for name, path in self.targets.items():
-            fmt = path.suffix.lower().lstrip(".")
-            subtype = subtype_for(fmt, bits)
+            fmt, options = path.suffix.lower().lstrip("."), self._options[name]
             if clip == "rescale":
-                fmt, subtype = "wav", "FLOAT"
+                fmt, options = "wav", {"format": "WAV", "subtype": "FLOAT"}
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
                 self._files[name] = (temporary, None)  # known to discard() before it is opened
                 self._files[name] = (temporary, sf.SoundFile(temporary, "w", samplerate=rate, channels=channels,
-                                                             subtype=subtype, format=WRITE_FORMATS[fmt]))
+                                                             **options))
             except BaseException as exc:  # Ctrl-C while staging too: no .part file is left
                 self.discard()
                 if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
@@ -480,8 +726,7 @@ class StagedStems:
             self.clipped[name] += int((samples.abs() > 1.0).sum())
             self.peaks[name] = max(self.peaks[name], float(samples.abs().max()))
         if self.clip == "clamp" and self.clipped[name]:
-            limit = 1.0 if self.bits == 32 else 1.0 - 2.0 ** (1 - self.bits)
-            samples = samples.clamp(-limit, limit)
+            samples = samples.clamp(-self._limits[name], self._limits[name])
         temporary, handle = self._files[name]
         try:
             handle.write(samples.numpy().T)
@@ -521,8 +766,7 @@ class StagedStems:
             self._files[name] = (temporary, None)
             try:
                 with sf.SoundFile(floating) as source, sf.SoundFile(
-                        temporary, "w", samplerate=self.rate, channels=self.channels,
-                        subtype=subtype_for(fmt, self.bits), format=WRITE_FORMATS[fmt]) as target:
+                        temporary, "w", samplerate=self.rate, channels=self.channels, **self._options[name]) as target:
                     for data in source.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
                         target.write(data * scale)
             finally:
@@ -603,7 +847,8 @@ class TrackLock:
 
 
 def write_all(
-    items: list[tuple[Path, torch.Tensor]], rate: int, *, bits: int = 16, clip: str = "clamp", overwrite: bool = True
+    items: list[tuple[Path, torch.Tensor]], rate: int, *, bits: int | None = None, clip: str = "clamp",
+    overwrite: bool = True
 ) -> list[WriteReport]:
     """Write several files as one unit: all are staged under temporary names first and renamed
     into place only when every one of them was written, so a failure leaves none of them behind
@@ -629,11 +874,12 @@ def write(
     audio: torch.Tensor,
     rate: int,
     *,
-    bits: int = 16,
+    bits: int | None = None,
     clip: str = "clamp",
     overwrite: bool = True,
 ) -> WriteReport:
-    """Write (channels, samples) to `path` atomically; the format comes from the extension."""
+    """Write (channels, samples) to `path` atomically; the format comes from the extension (`bits`
+    None: 16 for wav and flac; lossy formats take no bits and their default settings)."""
     return write_all([(Path(path), audio)], rate, bits=bits, clip=clip, overwrite=overwrite)[0]
 
 

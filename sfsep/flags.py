@@ -97,8 +97,13 @@ class OutputFlags:
     out: Annotated[Path, Opt("--out", "-o", help="Output folder.")] = Path("separated")
     filename: Annotated[str, Opt("--filename", help="Output path below --out/<model>; fields {model} {track} "
                                                     "{trackext} {stem} {ext}.")] = "{track}/{stem}.{ext}"
-    fmt: Annotated[str, Opt("--format", help="wav or flac.")] = "wav"
-    bits: Annotated[int, Opt("--bits", help="16, 24 or 32 (32 = float, wav only).")] = 16
+    fmt: Annotated[str, Opt("--format", help="wav | flac | mp3 | ogg | opus.")] = "wav"
+    bits: Annotated[Optional[int], Opt("--bits", help="wav and flac: 16 (default), 24 or 32 (32 = float, wav "
+                                                      "only).")] = None
+    bitrate: Annotated[Optional[int], Opt("--bitrate", help="mp3: constant bitrate in kbps (default: the most the "
+                                                            "rate allows, 320 at 32-48 kHz).")] = None
+    quality: Annotated[Optional[float], Opt("--quality", help="ogg and opus: 0 to 10 (ogg: oggenc's -q, default 4; "
+                                                              "opus: 6 + 25*Q kbps per channel).")] = None
     clip: Annotated[str, Opt("--clip", help="clamp | rescale | none: samples beyond full scale.")] = "clamp"
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace existing outputs (default: skip the file).")] = False
     downmix: Annotated[bool, Opt("--downmix", help="Fold inputs with more than 2 channels to stereo.")] = False
@@ -107,7 +112,8 @@ class OutputFlags:
         from .pipeline import OutputOptions
 
         return OutputOptions(out=self.out, filename=self.filename, format=self.fmt, bits=self.bits, clip=self.clip,
-                             overwrite=self.overwrite, downmix=self.downmix)
+                             overwrite=self.overwrite, downmix=self.downmix, bitrate=self.bitrate,
+                             quality=self.quality)
 
 
 @dataclass

@@ -169,19 +169,21 @@ class Separator:
         return separate(wav, rate, self, settings=self._settings(overrides), progress=progress)
 
     def separate_file(self, path: str | os.PathLike, out: str | os.PathLike = "separated", *,
-                      filename: str = "{track}/{stem}.{ext}", format: str = "wav", bits: int = 16,
-                      clip: str = "clamp", overwrite: bool = False, downmix: bool = False,
-                      output: "OutputOptions | None" = None, track: str | None = None,
-                      progress: ProgressCallback | None = None, **overrides: Any) -> "FileResult":
+                      filename: str = "{track}/{stem}.{ext}", format: str = "wav", bits: int | None = None,
+                      bitrate: int | None = None, quality: float | None = None, clip: str = "clamp",
+                      overwrite: bool = False, downmix: bool = False, output: "OutputOptions | None" = None,
+                      track: str | None = None, progress: ProgressCallback | None = None,
+                      **overrides: Any) -> "FileResult":
         """Separate an audio file, streamed in bounded memory, into `out/<model>/<track>/<stem>.<ext>`
-        (the `filename` template below `out/<model>`), at the file's own rate. Existing stems are
+        (the `filename` template below `out/<model>`), at the file's own rate (`format`, `bits`,
+        `bitrate`, `quality` as in OutputOptions). Existing stems are
         skipped unless `overwrite`; nothing half-written is ever left. Returns a FileResult (its
         `status` is "done" or "skipped"); errors about the file raise AudioError naming it.
         `output` (an OutputOptions, whose `out` is the folder the template fills) replaces the
         output keywords; `overrides` are Settings fields for this call only."""
         if output is None:
             output = OutputOptions(out=Path(out) / self.spec.name, filename=filename, format=format, bits=bits,
-                                   clip=clip, overwrite=overwrite, downmix=downmix)
+                                   bitrate=bitrate, quality=quality, clip=clip, overwrite=overwrite, downmix=downmix)
         return separate_file(path, self, output=output, settings=self._settings(overrides), progress=progress,
                              track=track)
 
@@ -718,20 +720,26 @@ def _pick_strategy(requested: str, input_rate: int, model_rate: int) -> tuple[st
 @dataclass(frozen=True)
 class OutputOptions:
     """Where and how stems are written: `out` is the folder the `filename` template fills
-    (`Separator.separate_file` puts `out/<model>` here), then the format, bit depth, what to do
-    with samples beyond full scale (`clip`), whether existing stems are replaced and whether
-    inputs with more than two channels are folded to stereo. Checked when made (UsageError)."""
+    (`Separator.separate_file` puts `out/<model>` here). `format` wav, flac, mp3, ogg or opus;
+    `bits` 16, 24 or 32 for wav and flac (None: 16), never for the lossy formats; `bitrate` kbps
+    for mp3 (None: the highest the rate allows); `quality` 0 to 10 for ogg and opus (None: the
+    encoder's default), see `audio.encoder_options`. A format that cannot hold the input's rate
+    (mp3, opus) gets the stems at the nearest rate it holds (`audio.writable_rate`), with a note.
+    `clip`: what to do with samples beyond full scale; `overwrite` existing stems; `downmix`
+    inputs with more than two channels to stereo. Checked when made (UsageError)."""
 
     out: Path = Path("separated")
     filename: str = "{track}/{stem}.{ext}"
     format: str = "wav"
-    bits: int = 16
+    bits: int | None = None
     clip: str = "clamp"
     overwrite: bool = False
     downmix: bool = False
+    bitrate: int | None = None
+    quality: float | None = None
 
     def __post_init__(self) -> None:
-        audio_io.subtype_for(self.format, self.bits)
+        audio_io.check_encoding(self.format, bits=self.bits, bitrate=self.bitrate, quality=self.quality)
         audio_io.check_template(self.filename, ext=self.format)
         if self.clip not in audio_io.CLIP_MODES:
             raise UsageError(f"--clip {self.clip}: use one of {', '.join(audio_io.CLIP_MODES)}")
@@ -860,7 +868,8 @@ def separate_file(
         separator = Separator(model, device=settings.device if settings else "auto")
     settings = settings or separator.settings
     output = output or OutputOptions()
-    audio_io.subtype_for(output.format, output.bits)  # reject impossible format/bits before any work
+    audio_io.check_encoding(output.format, bits=output.bits, bitrate=output.bitrate,  # before any work
+                            quality=output.quality)
     targets = stem_paths(path, separator, output, track=track)
     existing = [p for p in targets.values() if p.exists()]
     info = audio_io.check_input(path, downmix=output.downmix)
@@ -872,15 +881,19 @@ def separate_file(
     def blocks() -> Iterator[torch.Tensor]:
         return audio_io.read_blocks(path, downmix=output.downmix, block_frames=block_frames, info=info)
 
-    # First pass: the decoded length (a compressed file's header may only estimate it) and
-    # every sample checked for NaN/Inf before anything is written.
+    # First pass: the decoded length (a compressed file's header may only estimate it; FFmpeg's
+    # frame count is an estimate from the container's duration) and every sample checked for
+    # NaN/Inf before anything is written. The decoded length is what counts from here on.
     length = sum(block.shape[-1] for block in blocks())
+    info = replace(info, frames=length)
     channels = min(info.channels, 2)
     bandwidth = audio_io.file_bandwidth(info)
     flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
     log.debug("%s: %d Hz -> %s at %d Hz with resampler %s (%s); %d chunks of %s samples, %s style", path,
               info.rate, separator.name, flow.model_rate, flow.strategy, flow.reason, flow.total_chunks,
               flow.contract.segment, flow.contract.style)
+    write_rate = audio_io.writable_rate(output.format, info.rate)
+    notes = _notes(separator) + _format_notes(output, info.rate, write_rate)
     with audio_io.TrackLock(targets.values()) as lock:  # two runs never write one track at once
         if not lock.held:
             return FileResult(path, "skipped", info.rate, busy=True,
@@ -889,9 +902,15 @@ def separate_file(
         if existing and not output.overwrite:
             return FileResult(path, "skipped", info.rate,
                               notes=[f"{existing[0]} exists (use --overwrite to replace)"])
-        with audio_io.StagedStems(targets, info.rate, channels, bits=output.bits, clip=output.clip) as staged:
+        with audio_io.StagedStems(targets, write_rate, channels, bits=output.bits, clip=output.clip,
+                                  bitrate=output.bitrate, quality=output.quality) as staged:
             names = separator.stem_names
-            for block in flow.stems(progress):
+            stems: Iterator[torch.Tensor] = flow.stems(progress)
+            if write_rate != info.rate:  # a format that cannot hold the input's rate: conventional, streamed
+                to_format = StreamResampler(cached_conventional_kernel(info.rate, write_rate, torch.float32,
+                                                                       torch.device("cpu")), info.rate, write_rate)
+                stems = itertools.chain((to_format.push(block) for block in stems), _lazy(to_format.finish))
+            for block in stems:
                 for name, stem in zip(names, block):
                     staged.write(name, stem)
             reports = staged.publish()
@@ -900,8 +919,22 @@ def separate_file(
         strategy=flow.strategy, reason=flow.reason, bandwidth_hz=bandwidth,
         outputs=[r.path for r in reports],
         clipped={r.path.stem: r.clipped_samples for r in reports if r.clipped_samples},
-        notes=_notes(separator), seconds=time.perf_counter() - started,
+        notes=notes, seconds=time.perf_counter() - started,
     )
+
+
+def _format_notes(output: OutputOptions, input_rate: int, write_rate: int) -> list[str]:
+    """What the output format changed: the rate the stems are written at, an mp3 bitrate."""
+    notes = []
+    if write_rate != input_rate:
+        notes.append(f"{output.format} cannot hold {input_rate} Hz: the stems were written at {write_rate} Hz "
+                     f"(conventional resampler)")
+    if output.format == "mp3" and output.bitrate is not None:
+        bitrate = audio_io.mp3_bitrate(write_rate, output.bitrate)
+        if bitrate != output.bitrate:
+            notes.append(f"mp3 at {write_rate} Hz ({audio_io.mpeg_version(write_rate)}) has no {output.bitrate} "
+                         f"kbps: written at {bitrate} kbps")
+    return notes
 
 
 def describe(result: FileResult) -> dict[str, Any]:

@@ -83,8 +83,8 @@ def test_rescale_keeps_shape_and_fits(tmp_path):
 def test_impossible_format_bits(tmp_path):
     with pytest.raises(UsageError, match="--bits 32 with --format flac"):
         audio.write(tmp_path / "o.flac", torch.zeros(1, 10), 8000, bits=32)
-    with pytest.raises(UsageError, match="--format mp3"):
-        audio.subtype_for("mp3", 16)
+    with pytest.raises(UsageError, match="--format aac: sfsep writes wav, flac, mp3, ogg, opus"):
+        audio.subtype_for("aac", 16)
 
 
 def test_write_all_leaves_nothing_when_one_fails(tmp_path, monkeypatch):
