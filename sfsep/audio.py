@@ -27,6 +27,7 @@ import itertools
 import math
 import os
 import secrets
+import shutil
 import string
 import struct
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .errors import AudioError, UsageError
+from .errors import AudioError, UsageError, os_error_reason
 
 try:
     import fcntl
@@ -99,12 +100,15 @@ class AudioInfo:
 
 
 def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file (use `sfsep batch` for folders)")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    try:
+        if not path.exists():
+            raise AudioError(f"{path}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{path}: is a folder, not an audio file (use `sfsep batch` for folders)")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{path}: the file is empty (0 bytes)")
+    except OSError as exc:  # e.g. a name longer than the file system takes
+        raise AudioError(f"{path}: cannot be read ({os_error_reason(exc, path)})") from exc
 
 
 def _check_riff_complete(path: Path) -> None:
@@ -135,6 +139,11 @@ def _check_riff_complete(path: Path) -> None:
             position += 8 + chunk_size + (chunk_size & 1)
 
 
+MAX_INPUT_RATE = 1_000_000
+"""The highest sampling rate accepted (ultrasonic recorders reach 500 kHz to 1 MHz). A damaged
+header can claim 2^31 Hz, and the analyses sized by the rate would then ask for gigabytes."""
+
+
 def inspect(path: str | os.PathLike) -> AudioInfo:
     """Rate, channels, length and format of an audio file, without decoding it."""
     path = Path(path)
@@ -146,7 +155,33 @@ def inspect(path: str | os.PathLike) -> AudioInfo:
     _check_riff_complete(path)
     if info.frames == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    if not 0 < info.samplerate <= MAX_INPUT_RATE:
+        raise AudioError(f"{path}: its header gives a sampling rate of {info.samplerate} Hz, more than any audio "
+                         f"sfsep reads (at most {MAX_INPUT_RATE} Hz); the header is probably damaged")
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+SFE_SYSTEM = 2
+"""libsndfile's code for "System error.": a call into the system failed; errno says which."""
+
+
+def _write_problem(exc: Exception, folder: Path) -> str:
+    """Why a write failed, in plain words. libsndfile reports a full disk, a read-only folder or
+    a file size limit only as "System error."; the C library's errno (which soundfile's cffi
+    keeps) says which, and without it a folder with no free space left says it too."""
+    if isinstance(exc, OSError):
+        return os_error_reason(exc)
+    if getattr(exc, "code", None) == SFE_SYSTEM:
+        ffi = getattr(sf, "_ffi", None)
+        code = getattr(ffi, "errno", 0) if ffi is not None else 0
+        if code:
+            return os_error_reason(OSError(code, os.strerror(code)))
+        try:
+            if shutil.disk_usage(folder).free < BLOCK_FRAMES * 8:
+                return os_error_reason(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        except OSError:
+            pass
+    return _short(exc)
 
 
 def _short(exc: Exception) -> str:
@@ -166,6 +201,50 @@ def check_input(path: str | os.PathLike, *, downmix: bool = False, max_channels:
     return info
 
 
+MP3_FRAME = 1152
+"""Samples in one MPEG-1 Layer III frame, the unit an MP3's length is known to."""
+
+
+def _mp3_states_its_length(path: Path) -> bool:
+    """True when an MP3 states its length (a Xing/Info or VBRI header in its first frame, after
+    any ID3v2 tag); without one, libmpg123 estimates the length from the file's size."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(10)
+            start = 0
+            if len(head) == 10 and head[:3] == b"ID3":
+                start = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F))
+            handle.seek(start)
+            data = handle.read(4096)
+    except OSError:
+        return False
+    sync = next((index for index in range(len(data) - 1) if data[index] == 0xFF and data[index + 1] & 0xE0 == 0xE0),
+                None)
+    return sync is not None and any(tag in data[sync:sync + 200] for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def check_length(info: AudioInfo, decoded: int) -> str | None:
+    """Compare the number of frames a file decoded to with the number its header declares.
+
+    libsndfile (libmpg123 for MP3) returns what it can decode of a truncated compressed file
+    without an error: a cut MP3 gave 63407 of its declared 132300 frames. More than 1% (and more
+    than one MP3 frame) missing is an AudioError naming the file. A smaller shortfall in a file
+    that states its length exactly returns a note to show the user; an MP3 without a length
+    header only has an estimate, so a small difference there is not reported.
+    """
+    missing = info.frames - decoded
+    if missing <= 0:
+        return None
+    where = (f"it decodes to {decoded} samples ({decoded / info.rate:.2f} s) but its header declares "
+             f"{info.frames} ({info.frames / info.rate:.2f} s)")
+    if missing > max(MP3_FRAME, info.frames // 100):
+        raise AudioError(f"{info.path}: the file is truncated or damaged: {where}, "
+                         f"{100 * decoded / info.frames:.0f}%; re-export or re-download it")
+    if info.format != "MP3" or _mp3_states_its_length(info.path):
+        return f"{info.path}: {where}; its last {missing / info.rate * 1000:.0f} ms may be missing"
+    return None
+
+
 def read(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 2) -> tuple[torch.Tensor, int]:
     """Decode a file to float32 (channels, samples) and its rate.
 
@@ -182,6 +261,7 @@ def read(path: str | os.PathLike, *, downmix: bool = False, max_channels: int = 
         raise AudioError(f"{path}: could not be decoded ({_short(exc)})") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    check_length(info, data.shape[0])
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise AudioError(f"{path}: contains {bad} NaN or infinite samples; the file is damaged")
@@ -220,6 +300,8 @@ def read_blocks(path: str | os.PathLike, *, downmix: bool = False, max_channels:
         yield fold_to_stereo(audio) if audio.shape[0] > max_channels else audio
     if seen == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    if info.reader != "ffmpeg":  # FFmpeg's frame count is only an estimate from the duration
+        check_length(info, seen)  # a truncated file is refused at the end of every pass
 
 
 def _sndfile_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
@@ -601,13 +683,13 @@ def _stage(path: Path, audio: torch.Tensor, rate: int, *, bits: int | None, clip
         folder.mkdir(parents=True, exist_ok=True)
         temporary = new_temporary(path, prefix=f".{path.stem}.", suffix=f".part.{fmt}")
     except OSError as exc:
-        raise AudioError(f"{folder}: cannot write in the output folder ({exc.strerror})") from exc
+        raise AudioError(f"{folder}: cannot write in the output folder ({os_error_reason(exc)})") from exc
     try:
         sf.write(temporary, data, rate, **options)
     except BaseException as exc:
         _remove(temporary)
         if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
-            raise AudioError(f"{path}: could not be written ({_short(exc)})") from exc
+            raise AudioError(f"{path}: could not be written ({_write_problem(exc, folder)})") from exc
         raise
     return temporary, WriteReport(path, clipped, scale)
 
@@ -709,7 +791,8 @@ class StagedStems:
             except BaseException as exc:  # Ctrl-C while staging too: no .part file is left
                 self.discard()
                 if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
-                    raise AudioError(f"{path.parent}: cannot write in the output folder ({_short(exc)})") from exc
+                    raise AudioError(f"{path.parent}: cannot write in the output folder "
+                                     f"({_write_problem(exc, path.parent)})") from exc
                 raise
 
     def __enter__(self) -> "StagedStems":
@@ -731,7 +814,8 @@ class StagedStems:
         try:
             handle.write(samples.numpy().T)
         except (OSError, sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"{self.targets[name]}: could not be written ({_short(exc)})") from exc
+            raise AudioError(f"{self.targets[name]}: could not be written "
+                             f"({_write_problem(exc, self.targets[name].parent)})") from exc
 
     def _close(self) -> None:
         for _, handle in self._files.values():
@@ -750,7 +834,8 @@ class StagedStems:
             self.discard()
             if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
                 raise AudioError(f"{next(iter(self.targets.values())).parent}: the stems could not be "
-                                 f"written ({_short(exc)}); none of the previous ones was replaced") from exc
+                                 f"written ({_write_problem(exc, next(iter(self.targets.values())).parent)}); "
+                                 f"none of the previous ones was replaced") from exc
             raise
         self._files = {}
         return [WriteReport(path, self.clipped[name], scales[name]) for name, path in self.targets.items()]
@@ -791,20 +876,22 @@ class TrackLock:
     per track even when the stems of several tracks share a folder. `acquire()` does not wait: it
     returns False while another process (or another thread of this one) holds the lock. It is an
     `fcntl.flock`, which the system drops when its holder ends, so a killed run leaves no stale
-    lock; `release()` removes the file. Where there is no fcntl (Windows) every acquire succeeds.
+    lock; `release()` removes the file. Where there is no fcntl (Windows), or the file system
+    refuses flock (some network mounts), every acquire succeeds: the run goes on unlocked.
     """
 
     def __init__(self, targets: Iterable[str | os.PathLike]):
         first = min(Path(target) for target in targets)
         self.path = first.parent / f".{first.name}.sfsep.lock"
         self._handle: int | None = None
+        self._unsupported = fcntl is None
 
     @property
     def held(self) -> bool:
-        return self._handle is not None or fcntl is None
+        return self._handle is not None or self._unsupported
 
     def acquire(self) -> bool:
-        if fcntl is None or self._handle is not None:
+        if self.held:
             return True
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         while True:
@@ -812,12 +899,18 @@ class TrackLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 handle = os.open(self.path, flags, 0o666)
             except OSError as exc:
-                raise AudioError(f"{self.path.parent}: cannot write in the output folder ({exc.strerror})") from exc
+                raise AudioError(f"{self.path.parent}: cannot write in the output folder "
+                                 f"({os_error_reason(exc)})") from exc
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(handle)
                 return False
+            except OSError:  # no flock on this file system
+                os.close(handle)
+                _remove(str(self.path))
+                self._unsupported = True
+                return True
             except BaseException:
                 os.close(handle)
                 raise

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer import Argument as Arg, Option as Opt
 
 from . import __version__
-from .errors import SfsepError, UsageError
+from .errors import SfsepError, UsageError, describe_os_error
 from .flags import (Files, Json, Model, ModelFlags, Musdb, OutputFlags, RunFlags, Seed, Sigma, Snr, TrainFlags,
                     TuneFlags, command)
 from .registry import DEFAULT_MODEL
@@ -464,11 +464,11 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, prog_name="sfsep", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
             raise KeyboardInterrupt
-    except SfsepError as exc:
+    except (SfsepError, OSError) as exc:  # OSError: what the system refused that nothing caught sooner
         if debug:
             _console(True).print_exception()
-        log.error(str(exc))
-        code = exc.exit_code
+        log.error(str(exc) if isinstance(exc, SfsepError) else describe_os_error(exc))
+        code = exc.exit_code if isinstance(exc, SfsepError) else 1
     except KeyboardInterrupt:
         _console(True).print("[red]interrupted[/]: no output was left half-written")
         code = 130

@@ -70,7 +70,7 @@ except ImportError:  # pragma: no cover - Windows: filelock's lock, whose file s
     fcntl = None
 
 from . import __version__
-from .errors import WeightsError
+from .errors import WeightsError, os_error_reason
 
 ENV_CACHE = "SFSEP_CACHE"
 ENV_OFFLINE = "SFSEP_OFFLINE"
@@ -269,7 +269,7 @@ def _write_digest(source, digest: str) -> None:
         temporary.write_text(f"{digest}  {Path(source.hf_filename or source.cache_name).name}\n", encoding="utf-8")
         os.replace(temporary, record)
     except OSError as exc:
-        raise WeightsError(f"{record}: cannot record the sha256 of {source.cache_name} there ({exc.strerror or exc}); "
+        raise WeightsError(f"{record}: cannot record the sha256 of {source.cache_name} there ({os_error_reason(exc)}); "
                            f"sfsep needs to write to its cache ({cache_dir()}, set by SFSEP_CACHE)") from None
 
 
@@ -435,6 +435,11 @@ def ensure(source, *, offline: bool = False, progress: bool | None = None, log: 
             if index + 1 < len(candidates):
                 log(f"warning: {source_label(candidate)} failed; trying the mirror "
                     f"{source_label(candidates[index + 1])}")
+        except OSError as exc:  # sfsep's cache cannot be written (read-only, full...): no mirror helps
+            raise WeightsError(
+                f"{exc.filename or expected_path(candidate).parent}: cannot write the weights of model "
+                f"'{model or source.cache_name}' in sfsep's cache ({os_error_reason(exc)}); set {ENV_CACHE} to a "
+                f"writable folder, or pass --weights PATH") from exc
     if len(errors) == 1:
         raise errors[0]
     raise WeightsError(f"model '{model or source.cache_name}': none of the {len(errors)} sources of "

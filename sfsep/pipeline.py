@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import torch
 
 from . import audio as audio_io
-from .errors import AudioError, ModelError, ResampleError, UsageError
+from .errors import AudioError, ModelError, ResampleError, UsageError, long_name, os_error_reason
 from .inference import (MixtureStatistics, ProgressCallback, RunContract, count_chunks, resolve_device,
                         run_chunks)
 from .models import build_model, run_contract
@@ -529,6 +529,16 @@ class _Flow:
             self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             self.noise_scale = self._noise_scale()
         self.contract = separator.contract(self.model_rate, settings)
+        if settings.chunk_seconds is not None and self.contract.segment is not None:
+            # The command line's chunk length gets the check a config's chunk_size gets, before
+            # anything is sized by it. A model that takes any length runs a signal shorter than
+            # one chunk as it is, so its chunk is never longer than the signal.
+            from .models.limits import check_chunk
+
+            chunk = self.contract.segment
+            if self.contract.any_length and self.contract.style == "fade":
+                chunk = min(chunk, self.model_length + (self.model_rate // 2 if settings.shifts > 0 else 0))
+            check_chunk(chunk, len(separator.stem_names), f"--chunk-seconds {settings.chunk_seconds:g}")
         self.normalization = None
         if self.contract.normalize:
             statistics = MixtureStatistics()
@@ -871,7 +881,15 @@ def separate_file(
     audio_io.check_encoding(output.format, bits=output.bits, bitrate=output.bitrate,  # before any work
                             quality=output.quality)
     targets = stem_paths(path, separator, output, track=track)
-    existing = [p for p in targets.values() if p.exists()]
+    for target in targets.values():
+        too_long = long_name(target)
+        if too_long:
+            raise AudioError(f"{target}: cannot be written ({too_long}); shorten --out, --filename or the "
+                             f"input file's name")
+    try:
+        existing = [p for p in targets.values() if p.exists()]
+    except OSError as exc:
+        raise AudioError(f"{exc.filename}: cannot be written ({os_error_reason(exc)})") from exc
     info = audio_io.check_input(path, downmix=output.downmix)
     if existing and not output.overwrite:
         return FileResult(path, "skipped", info.rate, notes=[f"{existing[0]} exists (use --overwrite to replace)"])
@@ -883,17 +901,26 @@ def separate_file(
 
     # First pass: the decoded length (a compressed file's header may only estimate it; FFmpeg's
     # frame count is an estimate from the container's duration) and every sample checked for
-    # NaN/Inf before anything is written. The decoded length is what counts from here on.
+    # NaN/Inf before anything is written. A truncated file is refused at the end of this pass.
+    # The decoded length is what counts from here on.
     length = sum(block.shape[-1] for block in blocks())
+    length_note = audio_io.check_length(info, length) if info.reader != "ffmpeg" else None
     info = replace(info, frames=length)
     channels = min(info.channels, 2)
     bandwidth = audio_io.file_bandwidth(info)
-    flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
+    try:
+        flow = _Flow(separator, Mixture(blocks, length, info.rate, channels), settings)
+    except ModelError as exc:
+        if not separator.spec.any_rate:
+            raise
+        # A model that runs at the input's own rate is built for this file's rate: the file is the cause.
+        raise AudioError(f"{path}: model '{separator.name}' cannot separate a file sampled at {info.rate} Hz "
+                         f"({exc}); resample the file first") from exc
     log.debug("%s: %d Hz -> %s at %d Hz with resampler %s (%s); %d chunks of %s samples, %s style", path,
               info.rate, separator.name, flow.model_rate, flow.strategy, flow.reason, flow.total_chunks,
               flow.contract.segment, flow.contract.style)
     write_rate = audio_io.writable_rate(output.format, info.rate)
-    notes = _notes(separator) + _format_notes(output, info.rate, write_rate)
+    notes = _notes(separator) + _format_notes(output, info.rate, write_rate) + ([length_note] if length_note else [])
     with audio_io.TrackLock(targets.values()) as lock:  # two runs never write one track at once
         if not lock.held:
             return FileResult(path, "skipped", info.rate, busy=True,

@@ -150,3 +150,24 @@ def test_field_messages_say_what_the_field_must_hold():
 def test_available_memory_reads_the_system():
     available = _limits().available_memory()
     assert available is None or available > 0
+
+
+def test_an_absurd_chunk_seconds_is_refused_before_the_first_chunk(run_cli, wav_file, tmp_path, shared):
+    """--chunk-seconds is the command line's chunk_size: 1e9 s asked the allocator for 176 TB at
+    the first chunk of the tiny SCNet (a traceback). A model that takes any length (classic) runs
+    a track shorter than one chunk as it is, so the same value costs it nothing and still runs."""
+    fixture = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
+    checkpoint = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": fixture["state_dict"]}, checkpoint)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(fixture["config"]))
+    song = wav_file("song.wav", rate=44100, seconds=0.5)
+    result = run_cli(song, "--model", "scnet", "--config", config, "--weights", checkpoint,
+                     "--chunk-seconds", "1e9", "--out", tmp_path / "o")
+    _one_line_error(result, "--chunk-seconds 1e+09", "44,100,000,000,000 samples", "available",
+                    "use a shorter --chunk-seconds")
+    assert result.code == 2 and not (tmp_path / "o").exists()
+    short = wav_file("short.wav", rate=8000, seconds=0.5)
+    result = run_cli(short, "--model", "classic", "--chunk-seconds", "1e9", "--out", tmp_path / "c")
+    assert result.code == 0, result
+    assert (tmp_path / "c" / "classic" / "short" / "vocals.wav").exists()

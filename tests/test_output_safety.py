@@ -237,6 +237,21 @@ def test_the_lock_is_per_track_and_left_behind_by_no_run(run_cli, wav_file, tmp_
     assert _hidden(out / "classic") == []
 
 
+def test_a_file_system_without_flock_runs_unlocked(run_cli, wav_file, tmp_path, monkeypatch):
+    """Some network mounts refuse flock: the run goes on without the lock (no traceback)."""
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    song = wav_file("song.wav", seconds=0.5)
+    out = tmp_path / "out"
+    result = run_cli(song, "--model", "classic", "--out", out)
+    assert result.code == 0, result
+    assert sorted(p.name for p in (out / "classic" / "song").iterdir()) == sorted(f"{s}.wav" for s in STEMS)
+
+
 # ----------------------------------------------------------------------------------------
 # Item 8: published files follow the umask
 

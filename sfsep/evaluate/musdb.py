@@ -12,9 +12,9 @@ order, as in `musdb`.
 
 Nothing is decoded when tracks are listed: `list_tracks` checks each selected track's files
 from their headers (present, 44100 Hz, same length and channels as the mixture) and
-`MusdbTrack.load` reads one stem on demand as float32 (channels, samples). Every problem a
-user can cause raises `DatasetError` naming the folder or file. The root defaults to the
-`MUSDB_PATH` environment variable, as in `musdb`.
+`MusdbTrack.load` reads one stem on demand as float32 (channels, samples) and refuses NaN or
+infinite samples. Every problem a user can cause raises `DatasetError` naming the folder or
+file. The root defaults to the `MUSDB_PATH` environment variable, as in `musdb`.
 """
 
 from __future__ import annotations
@@ -96,12 +96,21 @@ class MusdbTrack:
         return self.folder / f"{stem}.wav"
 
     def load(self, stem: str) -> torch.Tensor:
-        """Read one stem as float32 (channels, samples)."""
+        """Read one stem as float32 (channels, samples); NaN or infinite samples are a
+        DatasetError naming the file (a score against them would mean nothing)."""
         path = self.path(stem)
         try:
             data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
         except (RuntimeError, OSError) as error:
             raise DatasetError(f"cannot read {path}: {error}") from error
+        finite = np.isfinite(data)
+        if not finite.all():
+            first = int(np.flatnonzero(~finite.all(axis=1))[0])
+            what = "the mixture" if stem == "mixture" else f"the {stem} reference"
+            raise DatasetError(
+                f"{path}: {what} contains {int((~finite).sum())} NaN or infinite samples (the first at "
+                f"{first / MUSDB_RATE:.2f} s), so nothing can be scored against it; restore the file from "
+                f"the MUSDB18-HQ release")
         return torch.from_numpy(np.ascontiguousarray(data.T))
 
     def mixture(self) -> torch.Tensor:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -478,9 +478,8 @@ def _layer_counts(family: str, config: dict[str, Any]) -> list[tuple[str, str, i
                 ("mask-estimator layers", "model.num_stems x bands x mask_estimator_depth",
                  stems * bands * mask_depth, MAX_MODULES)]
     if family == "scnet":
-        dims = _get(config, "model.dims", [])
-        return [("convolution layers", "model.conv_depths x len(model.dims)",
-                 sum(_get(config, "model.conv_depths", [])) * max(1, len(dims)), MAX_MODULES)]
+        return [("convolution layers", "2 x sum(model.conv_depths)",
+                 2 * sum(_get(config, "model.conv_depths", [3, 2, 1])), MAX_MODULES // 2)]
     if family == "htdemucs":
         prefix = "htdemucs." if isinstance(config.get("htdemucs"), dict) else ""
         return [("residual layers", f"{prefix}depth x {prefix}dconv_depth x 4",
@@ -543,7 +542,6 @@ class Estimate:
     activation_bytes: int
     chunk: int | None = None
     batch: int = 1
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def param_bytes(self) -> int:
@@ -649,6 +647,16 @@ def estimate(spec) -> Estimate:
     stems = len(getattr(module, "stems", None) or getattr(module, "sources", None) or spec.stems)
     activations = _activation_floor(spec.family, module, spec.config, stems, batch, int(length))
     return Estimate(params, activations, chunk=int(length), batch=batch)
+
+
+def check_chunk(length: int, stems: int, source: str, *, channels: int = 2, available: int | None = None) -> None:
+    """Refuse a chunk length (--chunk-seconds) whose waveforms alone, one chunk in and its stems
+    out, cannot fit in the memory available: the run would fail at its first chunk."""
+    need = 4 * channels * length * (1 + stems)
+    memory = available if available is not None else available_memory()
+    if memory is not None and need > memory:
+        raise UsageError(f"{source}: one chunk of {length:,} samples needs at least {human_bytes(need)} of memory, "
+                         f"more than the {human_bytes(memory)} available; use a shorter --chunk-seconds")
 
 
 def human_bytes(count: float) -> str:
