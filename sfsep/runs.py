@@ -91,9 +91,11 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
     readable, `model` is never loaded). `model` is a loaded Separator or a ModelChoice, loaded
     here. Two inputs that would write the same stems: with `strict` the run stops before any
     file is separated (AudioError); otherwise the later input fails alone. `tracks` gives each
-    input's {track} (default: its name without extension). `jobs` > 1 runs files in worker
-    threads; `stop`, once set (by a Ctrl-C handler), makes the workers stop at their next chunk
-    and files not started are dropped; KeyboardInterrupt reaches the caller."""
+    input's {track} (default: its name without extension). A file's error is its result, but a
+    UsageError (an option that cannot work with this model) stops the run and reaches the
+    caller. `jobs` > 1 runs files in worker threads; `stop`, once set (by a Ctrl-C handler),
+    makes the workers stop at their next chunk and files not started are dropped;
+    KeyboardInterrupt reaches the caller."""
     paths = [Path(path) for path in files]
     name = model.name  # an unknown model name is a usage error, before any input is read
     if jobs < 1:
@@ -120,15 +122,19 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
         raise next(iter(refused.values()))
     results: dict[Path, FileResult] = dict(unreadable)
     readable = [path for path in paths if path not in unreadable]
+    halted, usage = threading.Event(), []  # a usage error in one worker stops the others
+
+    def stopping() -> bool:
+        return halted.is_set() or (stop is not None and stop.is_set())
 
     def one(path: Path, update: ProgressCallback | None) -> FileResult:
-        if stop is not None and stop.is_set():  # Ctrl-C came before this file started
+        if stopping():  # Ctrl-C (or a usage error) came before this file started
             raise KeyboardInterrupt
         if path in refused:
             return _failed(path, refused[path])
 
         def checked(done: int, total: int) -> None:  # between chunks: a worker stops after Ctrl-C
-            if stop is not None and stop.is_set():
+            if stopping():
                 raise KeyboardInterrupt
             if update is not None:
                 update(done, total)
@@ -136,6 +142,10 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
         try:
             return separate_file(path, separator, output=output, settings=settings, progress=checked,
                                  track=names[path])
+        except UsageError as exc:  # an option that cannot work (e.g. --chunk-seconds for this model) stops the run
+            usage.append(exc)
+            halted.set()
+            raise
         except SfsepError as exc:
             return _failed(path, exc)
 
@@ -156,8 +166,13 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
             futures = [pool.submit(one, path, started(path) if started else None) for path in readable]
             for future in as_completed(futures):
                 done(future.result())
+        except KeyboardInterrupt:
+            if not usage:  # (a worker stopped by another's usage error: that error is the one to raise)
+                raise
         finally:  # after Ctrl-C: files not started are dropped, the running ones stop at their next chunk
             pool.shutdown(wait=True, cancel_futures=True)
+        if usage:
+            raise usage[0]
     return RunReport([results[path] for path in paths], separator.name)
 
 

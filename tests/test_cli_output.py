@@ -169,3 +169,21 @@ def test_train_kernel_validation_split_error_names_no_missing_option(run_cli, tm
                      tmp_path / "tiny.yaml", "--rate", "8000", "--musdb", tmp_path / "musdb")
     assert result.code == 1 and "validation tracks" in result.err, result
     assert "--subset" not in result.err and "train-kernel" in result.err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_usage_error_met_in_a_file_stops_the_batch_with_exit_2(run_cli, wav_file, tmp_path, shared, jobs):
+    """An option that cannot work with the model (--chunk-seconds 1e9 asks for petabytes) is a
+    usage error for every file: it stops the batch (exit 2), never a failure per file."""
+    import torch
+    import yaml
+
+    data = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data["config"], sort_keys=False))
+    torch.save({"state_dict": data["state_dict"]}, tmp_path / "tiny.ckpt")
+    for name in ("a", "b", "c"):
+        wav_file(f"music/{name}.wav", rate=44100, seconds=0.3)
+    result = run_cli("batch", tmp_path / "music", "--model", "scnet", "--weights", tmp_path / "tiny.ckpt", "--config",
+                     tmp_path / "tiny.yaml", "--chunk-seconds", "1e9", "--out", tmp_path / "o", "--jobs", jobs)
+    assert result.code == 2 and "--chunk-seconds" in result.err and "interrupted" not in result.err, result
+    assert not (tmp_path / "o").exists()
