@@ -351,6 +351,9 @@ def _ffmpeg_inspect(path: Path, sndfile_error: Exception) -> AudioInfo:
                 raise AudioError(f"{path}: has no audio stream")
             stream = container.streams.audio[0]
             context = stream.codec_context
+            if context is None:  # FFmpeg found a stream but no decoder for it
+                raise AudioError(f"{path}: not an audio file that can be read ({_short(sndfile_error)}; FFmpeg "
+                                 f"has no decoder for its audio stream)")
             rate = int(context.sample_rate or stream.rate or 0)
             channels = len(context.layout.channels) if context.layout else int(getattr(context, "channels", 0))
             if stream.duration is not None and stream.time_base is not None:
@@ -358,7 +361,9 @@ def _ffmpeg_inspect(path: Path, sndfile_error: Exception) -> AudioInfo:
             else:
                 seconds = (container.duration or 0) / av.time_base
             container_name, codec = container.format.name, context.name
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, AttributeError, TypeError, ValueError, OverflowError) as exc:
+        # FFmpegError: FFmpeg refused the file; the others: PyAV met a stream whose fields a
+        # damaged header left unset or absurd.
         raise AudioError(f"{path}: not an audio file that can be read ({_short(sndfile_error)}; FFmpeg: "
                          f"{_ffmpeg_reason(exc)})") from exc
     if rate <= 0 or channels <= 0:
@@ -388,7 +393,7 @@ def _ffmpeg_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
                     joined = np.concatenate(held)
                     yield joined[:block_frames]
                     held, count = [joined[block_frames:]], count - block_frames
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, AttributeError, TypeError, ValueError, OverflowError) as exc:
         raise AudioError(f"{info.path}: could not be decoded (FFmpeg: {_ffmpeg_reason(exc)})") from exc
     if count:
         yield np.concatenate(held)
