@@ -151,6 +151,11 @@ def inspect(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
+        if path.suffix.lower() in SNDFILE_EXTENSIONS:
+            # A format libsndfile owns and refuses is damaged (or misnamed): FFmpeg would decode
+            # what it can of it with no header length to hold it to, and a cut MP3 would pass.
+            raise AudioError(f"{path}: not an audio file that can be read ({_short(exc)}); if it is "
+                             f"really another format, give it that format's extension") from exc
         return _ffmpeg_inspect(path, exc)
     _check_riff_complete(path)
     if info.frames == 0:
@@ -335,14 +340,12 @@ def _ffmpeg_reason(exc: Exception) -> str:
 
 
 def _ffmpeg_inspect(path: Path, sndfile_error: Exception) -> AudioInfo:
-    """Rate, channels and estimated length of a file libsndfile could not open, through PyAV.
-    Without PyAV: a file with a libsndfile extension is not audio (or damaged); any other names
-    the ffmpeg extra."""
+    """Rate, channels and estimated length, through PyAV, of a file libsndfile could not open
+    and whose extension is not one of libsndfile's (`inspect` refuses those). Without PyAV: an
+    error that names the ffmpeg extra."""
     try:
         import av
     except ImportError:
-        if path.suffix.lower() in SNDFILE_EXTENSIONS:
-            raise AudioError(f"{path}: not an audio file that can be read ({_short(sndfile_error)})") from None
         raise AudioError(f"{path}: not a format libsndfile reads ({_short(sndfile_error)}); reading it needs "
                          f"FFmpeg: {FFMPEG_HINT}") from None
     try:
@@ -981,11 +984,13 @@ def write(
     return write_all([(Path(path), audio)], rate, bits=bits, clip=clip, overwrite=overwrite)[0]
 
 
-TEMPLATE_FIELDS = ("model", "track", "trackext", "stem", "ext")
+TEMPLATE_FIELDS = ("model", "track", "trackext", "stem", "ext", "resampler")
 """The fields of a --filename template. Their values are inserted as they are: a track named
-`x{0}y` or `{stem}` is a name, never read as a field."""
+`x{0}y` or `{stem}` is a name, never read as a field. {resampler} is the strategy actually used
+for the file (conventional, noisy, noise, trainable or none), so runs with different resamplers
+can write side by side."""
 
-_FIELD_HELP = "use {model} {track} {trackext} {stem} {ext}, and {{ or }} for a literal brace"
+_FIELD_HELP = "use {model} {track} {trackext} {stem} {ext} {resampler}, and {{ or }} for a literal brace"
 
 
 def _template_pieces(template: str) -> list[tuple[str, str | None]]:
@@ -1006,6 +1011,11 @@ def _template_pieces(template: str) -> list[tuple[str, str | None]]:
             raise UsageError(f"--filename {template!r}: {what}: {shown}; {_FIELD_HELP}")
         pieces.append((literal, field))
     return pieces
+
+
+def template_fields(template: str) -> set[str]:
+    """The fields a --filename template names (a UsageError if it is malformed)."""
+    return {field for _, field in _template_pieces(template) if field is not None}
 
 
 def _fill(pieces: list[tuple[str, str | None]], values: dict[str, str]) -> str:
@@ -1052,14 +1062,20 @@ def check_template(template: str, *, ext: str, several_tracks: bool = False) -> 
     return pieces
 
 
-def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str) -> Path:
-    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}) below `out`.
+def output_path(template: str, *, out: Path, model: str, track: str, trackext: str, stem: str, ext: str,
+                resampler: str | None = None) -> Path:
+    """Fill the --filename template ({model}, {track}, {trackext}, {stem}, {ext}, {resampler})
+    below `out`. `resampler` (the strategy used for the file) is needed only by a template that
+    names it.
 
     The values are inserted as they are (braces in a track name are part of the name). A template
     that cannot work is a UsageError (see `check_template`); a track whose name makes a good
     template leave the output folder (a file named `...wav` is the track `..`) is an AudioError."""
     pieces = check_template(template, ext=ext)
-    relative = _fill(pieces, {"model": model, "track": track, "trackext": trackext, "stem": stem, "ext": ext})
+    if resampler is None and any(field == "resampler" for _, field in pieces):
+        raise ValueError(f"--filename {template!r} names {{resampler}}: pass the resampler used for the file")
+    relative = _fill(pieces, {"model": model, "track": track, "trackext": trackext, "stem": stem, "ext": ext,
+                              "resampler": resampler or ""})
     problem = _placement_problem(relative, ext)
     if problem:
         raise AudioError(f"track {track!r}: --filename {template!r} gives {relative!r}, which {problem}; "

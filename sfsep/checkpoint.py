@@ -11,6 +11,16 @@ length) and numpy's array/scalar rebuilders (metrics in training checkpoints) ar
 additions. A pickle that names anything else (e.g. `os.system` in a
 `__reduce__`) is refused before that object is built, and the refusal names the reference.
 
+A safetensors file (recognised by its header, whatever its name) is read with the `safetensors`
+package, which parses a JSON header and raw tensor bytes: no pickle at all. demucs 4.1.0 exports
+its models to the Hugging Face Hub this way, one `<signature>.safetensors` per model: the package's
+state as the tensors, and the rest of the package as string metadata, `klass` (the class's dotted
+name), `args` and `kwargs` as JSON, in which a Fraction (the segment) is the object
+`{"_type": "fraction", "numerator": n, "denominator": d}`. Such a file yields the same Checkpoint
+as the .th package it was made from (class name, kwargs with the segment as "n/d", state). A
+safetensors file without that metadata is a plain state_dict. Quantized exports (a `structure`
+key) are refused like their .th originals.
+
 Wrappers are peeled in the order the reference loader uses: `state` (demucs packages), then
 `state_dict`, then `model_state_dict` (full training checkpoints). Half-precision tensors are
 upcast to float32. `load_state(module, state)` is a strict load whose error lists the first
@@ -24,6 +34,8 @@ missing, unexpected and mis-shaped keys.
 from __future__ import annotations
 
 import fractions
+import json
+import os
 import pickle
 import re
 import zipfile
@@ -163,19 +175,133 @@ def unwrap(content: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | Non
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file safely (see the module docstring)."""
+    """Read a checkpoint file safely (see the module docstring): a safetensors file or a pickle."""
     path = Path(path)
-    content = read_pickle(path)
-    state, wrapper, package = unwrap(content, path)
+    if is_safetensors(path):
+        state, class_name, kwargs = read_safetensors(path)
+        wrapper = None
+    else:
+        content = read_pickle(path)
+        state, wrapper, package = unwrap(content, path)
+        klass = package.get("klass") if package else None
+        class_name = klass.dotted_name if isinstance(klass, type) and issubclass(klass, Placeholder) else None
+        kwargs = _plain(package.get("kwargs") if isinstance(package.get("kwargs"), dict) else {})
     upcast = 0
     for key, tensor in state.items():
         if tensor.dtype in (torch.float16, torch.bfloat16):
             state[key] = tensor.float()
             upcast += 1
-    klass = package.get("klass") if package else None
-    class_name = klass.dotted_name if isinstance(klass, type) and issubclass(klass, Placeholder) else None
-    kwargs = package.get("kwargs") if isinstance(package.get("kwargs"), dict) else {}
-    return Checkpoint(path, state, wrapper, class_name, _plain(kwargs), upcast)
+    return Checkpoint(path, state, wrapper, class_name, kwargs, upcast)
+
+
+# --------------------------------------------------------------------------------------------
+# safetensors (demucs' Hugging Face exports, or a plain state_dict)
+
+SAFETENSORS_SUFFIX = ".safetensors"
+PACKAGE_METADATA = ("klass", "args", "kwargs")
+"""The metadata keys of a demucs export: the package's class, positional and keyword arguments."""
+MODEL_CLASSES = tuple(name for name in KNOWN_CLASSES if name != "demucs.transformer.CrossTransformerEncoder")
+"""The classes an export's `klass` may name: demucs' models (the transformer is only a part)."""
+
+
+def is_safetensors(path: Path) -> bool:
+    """True when the file is named *.safetensors or starts like one: an 8-byte little-endian
+    header length that fits in the file, then the JSON header's '{'. (A PyTorch zip starts with
+    'PK', a legacy pickle with 0x80: neither reads as such a length.)"""
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return False
+    if len(start) < 9:
+        return False
+    header = int.from_bytes(start[:8], "little")
+    return 2 <= header <= size - 8 and start[8:9] == b"{"
+
+
+def _bad_export(path: Path, problem: str) -> WeightsError:
+    return WeightsError(
+        f"{path}: bad demucs safetensors metadata: {problem}; not what demucs' export writes, or a damaged file "
+        f"(delete it and fetch it again, or pass --weights PATH to another checkpoint)")
+
+
+def _json_field(path: Path, metadata: dict[str, str], key: str) -> Any:
+    text = metadata[key]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _bad_export(path, f"'{key}' is not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def _decode_fractions(path: Path, value: Any, where: str) -> Any:
+    """demucs' JSON for package arguments, as the plain data a .th package gives (`_plain`): an
+    object {"_type": "fraction", "numerator": n, "denominator": d} becomes the string "n/d"."""
+    if isinstance(value, dict):
+        if "_type" in value:
+            if value.get("_type") != "fraction" or set(value) != {"_type", "numerator", "denominator"}:
+                raise _bad_export(path, f"{where} is an encoded value sfsep does not know ({json.dumps(value)[:80]}; "
+                                        f"only {{\"_type\": \"fraction\", \"numerator\": n, \"denominator\": d}})")
+            numerator, denominator = value["numerator"], value["denominator"]
+            if not all(isinstance(item, int) and not isinstance(item, bool) for item in (numerator, denominator)) \
+                    or denominator == 0:
+                raise _bad_export(path, f"{where} is a fraction {numerator!r}/{denominator!r}, not of two integers "
+                                        f"with a non-zero denominator")
+            return _plain(fractions.Fraction(numerator, denominator))
+        return {key: _decode_fractions(path, item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode_fractions(path, item, f"{where}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
+def _package_metadata(path: Path, metadata: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
+    """(class name, kwargs) of a demucs export's metadata; (None, {}) for a plain state_dict."""
+    present = [key for key in PACKAGE_METADATA if key in metadata]
+    if not present:
+        return None, {}
+    if "structure" in metadata:
+        raise WeightsError(
+            f"{path}: a DiffQ-quantized demucs export (mdx_q / mdx_extra_q, a 'structure' in its metadata), which "
+            f"sfsep does not read; use the unquantized model")
+    missing = [key for key in PACKAGE_METADATA if key not in metadata]
+    if missing:
+        raise _bad_export(path, f"it has {', '.join(present)} but not {', '.join(missing)}")
+    class_name = metadata["klass"]
+    if class_name not in MODEL_CLASSES:
+        raise _bad_export(path, f"'klass' names {class_name!r}, not a model class sfsep knows "
+                                f"({', '.join(MODEL_CLASSES)})")
+    args = _json_field(path, metadata, "args")
+    if not isinstance(args, list):
+        raise _bad_export(path, f"'args' is a JSON {type(args).__name__}, not a list")
+    kwargs = _json_field(path, metadata, "kwargs")
+    if not isinstance(kwargs, dict):
+        raise _bad_export(path, f"'kwargs' is a JSON {type(kwargs).__name__}, not an object")
+    return class_name, _decode_fractions(path, kwargs, "kwargs")
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    """(state_dict, class name, kwargs) of a safetensors file; the metadata is checked before any
+    tensor is read."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint file (check --weights)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            class_name, kwargs = _package_metadata(path, metadata)
+            state = {str(key): handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({first}); the file may be truncated or of another format "
+            f"(delete it from the cache and fetch it again, or check --weights)") from exc
+    if not state:
+        raise WeightsError(f"{path}: the safetensors file holds no tensors")
+    return state, class_name, kwargs
 
 
 # --------------------------------------------------------------------------------------------

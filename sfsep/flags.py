@@ -85,9 +85,22 @@ class RunFlags(TuneFlags):
                                   "auto: noisy below the model's rate, conventional above, none when equal; "
                                   "trainable: the kernel `sfsep train-kernel` trained.")] = "auto"
     seed: Annotated[Optional[int], Opt("--seed", help="Seed for the random resamplers, to reproduce a run.")] = None
+    stems: Annotated[Optional[str], Opt("--stems", help="Write only these stems, e.g. vocals,drums (default: "
+                                                        "all).")] = None
+    two_stems: Annotated[Optional[str], Opt("--two-stems", help="Write STEM and no_STEM (demucs' option), e.g. "
+                                                                "vocals.")] = None
+    other_method: Annotated[Optional[str], Opt("--other-method", help="With --two-stems, no_STEM is: add = the other "
+                                               "stems summed (default), minus = the mixture minus STEM, none = not "
+                                               "written.")] = None
 
     def settings(self, device: str, **fields):
-        return super().settings(device, resampler=self.resampler, seed=self.seed, **fields)
+        from .errors import UsageError
+
+        if self.other_method is not None and self.two_stems is None:
+            raise UsageError(f"--other-method {self.other_method}: only applies with --two-stems STEM")
+        stems = None if self.stems is None else tuple(name.strip() for name in self.stems.split(",") if name.strip())
+        return super().settings(device, resampler=self.resampler, seed=self.seed, stems=stems,
+                                two_stems=self.two_stems, other_method=self.other_method or "add", **fields)
 
 
 @dataclass
@@ -96,7 +109,7 @@ class OutputFlags:
 
     out: Annotated[Path, Opt("--out", "-o", help="Output folder.")] = Path("separated")
     filename: Annotated[str, Opt("--filename", help="Output path below --out/<model>; fields {model} {track} "
-                                                    "{trackext} {stem} {ext}.")] = "{track}/{stem}.{ext}"
+                                                    "{trackext} {stem} {ext} {resampler}.")] = "{track}/{stem}.{ext}"
     fmt: Annotated[str, Opt("--format", help="wav | flac | mp3 | ogg | opus.")] = "wav"
     bits: Annotated[Optional[int], Opt("--bits", help="wav and flac: 16 (default), 24 or 32 (32 = float, wav "
                                                       "only).")] = None

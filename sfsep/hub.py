@@ -9,9 +9,11 @@ A model's checkpoints (`registry.WeightsSource`) come from one of three kinds of
 - a Google Drive file id: the same streaming, after Drive's "this file is too large to scan for
   viruses" confirmation step.
 
-A source may list mirrors (the same file on other hosts). A cached copy from any of them is used
-as it is; when none is cached they are downloaded from in order, each held to the same checks,
-until one succeeds.
+A source may list mirrors: the same file on other hosts, or another file with the same weights
+and its own digest (demucs' models: the safetensors export on the Hub first, the legacy .th
+package as the fallback, as demucs 4.1.0 does). A cached copy from any of them is used as it is;
+when none is cached they are downloaded from in order, each held to its checks, until one
+succeeds.
 
 sfsep's cache is `$SFSEP_CACHE`, else `$XDG_CACHE_HOME/sfsep`, else `~/.cache/sfsep`; files go
 to `<cache>/weights/<name>`. A download is written to `<name>.part` next to it and only renamed to
@@ -454,9 +456,12 @@ def _offline_miss_message(source, model: str) -> str:
                 f"HF_HOME at the copy)")
     else:
         copy = f"copy its cache folder (`sfsep cache path`) to {cache_dir()} here"
+    others = [mirror for mirror in getattr(source, "mirrors", ()) if mirror.cache_name != source.cache_name]
+    alternative = "".join(f" (or {mirror.cache_name} in {where_expected(mirror)})" for mirror in others)
     return (
         f"model '{name}' needs the weights file {source.cache_name}, which is not cached (expected in "
-        f"{where_expected(source)}), and offline mode forbids downloading it from {source_label(source)}. "
+        f"{where_expected(source)}){alternative}, and offline mode forbids downloading it from "
+        f"{source_label(source)}. "
         f"On a machine with internet run `sfsep fetch {name}` and {copy}, or run with --weights PATH to a "
         f"checkpoint file{CLASSIC_HINT}"
     )

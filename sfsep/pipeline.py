@@ -15,6 +15,10 @@ model)` runs the same flow on a tensor and returns the stems in memory. `Setting
 `OutputOptions` check themselves when made, so library callers get the command line's checks.
 Nothing here names a model family: each family's module states its contract
 (`sfsep.models.run_contract`).
+
+Which stems a run returns and writes is part of its `Settings` (`stems`, `two_stems`,
+`other_method`; see `plan_stems`): the same selection for `separate` and `separate_file`. Stems
+not selected are dropped at the model rate, before anything is brought back down or written.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -53,6 +57,13 @@ class Settings:
 
     A Settings checks itself when it is made (a UsageError naming the option), so a library
     caller gets the same checks as the command line, before any work.
+
+    Stem selection (`plan_stems` checks it against the model's stems, before any work):
+    `stems` returns (and writes) only those stems, in the model's order; `two_stems` returns that
+    stem and `no_<stem>` (demucs' --two-stems), made by `other_method`: "add" = the sum of the
+    model's other stems (demucs' default), "minus" = the mixture minus the stem, computed at the
+    input rate so that the two add up to the mixture, "none" = not returned. The two options
+    exclude each other; neither means every stem of the model.
     """
 
     resampler: str = "auto"
@@ -66,6 +77,9 @@ class Settings:
     precision: str = "fp32"
     gate_db: float | None = None  # energy gate threshold (dB relative to the mixture); None = off
     shifts: int = 0  # random time shifts averaged (demucs' --shifts); 0 = none
+    stems: Sequence[str] | None = None  # return only these stems; None = every stem of the model
+    two_stems: str | None = None  # return this stem and no_<stem> (see other_method)
+    other_method: str = "add"  # how no_<stem> is made: add | minus | none (demucs' --other-method)
 
     def __post_init__(self) -> None:
         from .inference import PRECISIONS
@@ -99,6 +113,79 @@ class Separation:
     strategy: str
     reason: str
     notes: list[str] = field(default_factory=list)
+
+
+def model_stem_names(spec: ModelSpec) -> list[str]:
+    """The stems a run of `spec` returns, in order: the model's, then its residual stem if any."""
+    residual = spec.residual_stem
+    return list(spec.stems) + ([residual] if residual else [])
+
+
+OTHER_METHODS = ("add", "minus", "none")
+"""How --two-stems makes no_<stem>, as demucs' --other-method defines them (demucs 4.1.0 itself
+names the "minus" file minus_<stem>; sfsep names it no_<stem> with every method)."""
+
+
+@dataclass(frozen=True)
+class StemPlan:
+    """The stems a run returns, and how each is made from the model's stems (`plan_stems`).
+
+    `rows` are the model's stems (its residual stem included, in `Separator.stem_names` order)
+    kept as they are; with `summed`, one more stem is the sum of those rows (--other-method add),
+    both at the model rate, so stems nobody asked for are never brought back down. With `minus`,
+    a last stem is the mixture minus the returned stem at that position, at the input rate."""
+
+    names: tuple[str, ...]
+    rows: tuple[int, ...]
+    summed: tuple[int, ...] = ()
+    minus: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def pick(self, stems: torch.Tensor) -> torch.Tensor:
+        """(model stems, channels, n) -> the kept rows, then the summed stem if any."""
+        picked = stems if self.rows == tuple(range(stems.shape[0])) else stems[list(self.rows)]
+        if self.summed:
+            picked = torch.cat([picked, stems[list(self.summed)].sum(0, keepdim=True)])
+        return picked
+
+
+def plan_stems(available: Sequence[str], settings: Settings, model: str) -> StemPlan:
+    """The stems `settings` selects among `available` (a model's stem names, residual included),
+    or a UsageError that lists the model's stems: an unknown name, an empty --stems, an unknown
+    --other-method, or --stems and --two-stems together. Called before any work is done."""
+    available = list(available)
+    listed = ", ".join(available)
+    if settings.other_method not in OTHER_METHODS:
+        raise UsageError(f"--other-method {settings.other_method}: use {', '.join(OTHER_METHODS)}")
+    if settings.stems is not None and settings.two_stems is not None:
+        raise UsageError("--stems and --two-stems exclude each other: --stems A,B writes those stems, "
+                         "--two-stems A writes A and no_A; give one of them")
+    if settings.two_stems is not None:
+        stem = settings.two_stems
+        if stem not in available:
+            raise UsageError(f"--two-stems {stem}: model '{model}' has no stem {stem!r}; its stems are {listed}")
+        row = available.index(stem)
+        others = tuple(index for index in range(len(available)) if index != row)
+        complement = f"no_{stem}"
+        if settings.other_method == "none":
+            return StemPlan((stem,), (row,))
+        if settings.other_method == "add":
+            note = f"'{complement}' is the sum of {', '.join(available[index] for index in others)}"
+            return StemPlan((stem, complement), (row,), summed=others, notes=(note,))
+        note = f"'{complement}' is the mixture minus '{stem}' (at the input rate: the two add up to the mixture)"
+        return StemPlan((stem, complement), (row,), minus=0, notes=(note,))
+    if settings.stems is None:
+        return StemPlan(tuple(available), tuple(range(len(available))))
+    wanted = [settings.stems] if isinstance(settings.stems, str) else list(settings.stems)
+    shown = ",".join(wanted)
+    if not wanted:
+        raise UsageError(f"--stems: name at least one stem; model '{model}' has {listed}")
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise UsageError(f"--stems {shown}: model '{model}' has no stem {', '.join(map(repr, unknown))}; "
+                         f"its stems are {listed}")
+    rows = tuple(index for index, name in enumerate(available) if name in wanted)
+    return StemPlan(tuple(available[index] for index in rows), rows)
 
 
 class Separator:
@@ -137,6 +224,7 @@ class Separator:
             spec, modules, contract = _load(model, weights=weights, offline=offline, config=config, progress=progress)
         else:
             spec = model if isinstance(model, ModelSpec) else get_spec(model or DEFAULT_MODEL)
+        plan_stems(model_stem_names(spec), self.settings, spec.name)  # a selection the model cannot give
         self.spec: ModelSpec = spec
         self.device: torch.device = resolve_device(device)
         self._modules_by_rate: dict[int | None, list[torch.nn.Module]] = {}
@@ -157,7 +245,11 @@ class Separator:
         return model_rows()
 
     def _settings(self, overrides: dict[str, Any]) -> Settings:
-        return replace(self.settings, **overrides) if overrides else self.settings
+        if not overrides:
+            return self.settings
+        settings = replace(self.settings, **overrides)
+        plan_stems(self.stem_names, settings, self.spec.name)
+        return settings
 
     def separate_tensor(self, wav: torch.Tensor, rate: int, *, progress: ProgressCallback | None = None,
                         **overrides: Any) -> "Separation":
@@ -204,8 +296,7 @@ class Separator:
     @property
     def stem_names(self) -> list[str]:
         """The stems a run returns, in order: the model's, then its residual stem if any."""
-        residual = self.spec.residual_stem
-        return list(self.spec.stems) + ([residual] if residual else [])
+        return model_stem_names(self.spec)
 
     def _key(self, model_rate: int) -> int | None:
         return model_rate if self.spec.any_rate else self.spec.trained_rate
@@ -323,6 +414,13 @@ class ModelChoice:
         """The model's name: its output folder's name."""
         return self.spec().name
 
+    def check(self, settings: Settings) -> None:
+        """A stem selection this model cannot give, before its weights are loaded (with --weights
+        or --config the checkpoint may name other stems: then the Separator checks it once loaded)."""
+        if self.config is None and self.weights is None:
+            spec = self.spec()
+            plan_stems(model_stem_names(spec), settings, spec.name)
+
     def load(self, **settings: Any) -> Separator:
         """The Separator (weights fetched, checked and loaded); `settings` are Settings fields."""
         return Separator(self.model, device=self.device, weights=self.weights, config=self.config,
@@ -410,9 +508,12 @@ def _load(model: str | ModelSpec | None, *, weights: str | os.PathLike | None, o
         loaded = checkpoint.load_checkpoint(path)
         # A checkpoint that records how it was built (a demucs package's kwargs) is authoritative.
         model_config, own_stems = checkpoint_config(spec, loaded.kwargs)
-        if weights is not None and model_config != spec.config:  # the constructor kwargs a package records
+        if model_config != spec.config:  # the constructor kwargs a package records
+            # Each field's type and range, also for a downloaded file (a Hub export has no published
+            # digest); the memory estimate, which costs seconds, for a user's --weights only.
             limits.check_fields(spec.family, model_config, f"{path} (its recorded kwargs)")
-            limits.check_fits(replace(spec, config=model_config), f"{path} (its recorded kwargs)")
+            if weights is not None:
+                limits.check_fits(replace(spec, config=model_config), f"{path} (its recorded kwargs)")
         stems = own_stems or stems
         module = build_model(spec.family, model_config)
         checkpoint.load_state(module, loaded.state, source=path)
@@ -518,6 +619,7 @@ class _Flow:
         spec = separator.spec
         self.separator, self.mixture, self.settings = separator, mixture, settings
         rate = mixture.rate
+        self.plan = plan_stems(separator.stem_names, settings, spec.name)  # before any work
         self.model_rate = spec.model_rate(rate)
         self.strategy, self.reason = _pick_strategy(settings.resampler, rate, self.model_rate)
         generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
@@ -625,17 +727,14 @@ class _Flow:
             yield total
 
     def stems(self, progress: ProgressCallback | None = None) -> Iterator[torch.Tensor]:
-        """The stems (stem_names, channels of the input, n) at the input rate, block by block."""
+        """The selected stems (plan.names, channels of the input, n) at the input rate, block by block."""
         rate, length = self.mixture.rate, self.mixture.length
-        names = self.separator.stem_names
-        stems: Iterator[torch.Tensor] = self._model_stems(progress)
-        residual = self.contract.residual_stem
-        if residual:
-            at_model_rate = _Aligned(self.model_rate_blocks())
-            stems = (torch.cat([block, (at_model_rate.take(block.shape[-1]) - block.sum(0))[None]])
-                     for block in stems)
-        stems = self._checked(stems, len(names))
-        if self.model_rate != rate:  # every stem goes back to the input rate in one stream
+        predicted = len(self.separator.spec.stems)
+        stems: Iterator[torch.Tensor] = self._checked(self._model_stems(progress), predicted)
+        if self.contract.residual_stem and any(row >= predicted for row in self.plan.rows + self.plan.summed):
+            stems = _with_mixture_minus(stems, self.model_rate_blocks(), range(predicted))
+        stems = (self.plan.pick(block) for block in stems)  # what is not selected is not brought down
+        if self.model_rate != rate:  # every selected stem goes back to the input rate in one stream
             down = StreamResampler(cached_conventional_kernel(self.model_rate, rate, torch.float32,
                                                               torch.device("cpu")), self.model_rate, rate)
             stems = itertools.chain((down.push(block) for block in stems), _lazy(down.finish))
@@ -645,9 +744,11 @@ class _Flow:
             at_input_rate = _Aligned(_stereo(self.mixture.blocks()))
             stems = itertools.chain((gate.push(block, at_input_rate.take(block.shape[-1])) for block in stems),
                                     _lazy(gate.finish))
-        for block in stems:
-            if block.shape[-1]:
-                yield block.mean(1, keepdim=True) if self.mixture.channels == 1 else block
+        stems = (block.mean(1, keepdim=True) if self.mixture.channels == 1 else block
+                 for block in stems if block.shape[-1])
+        if self.plan.minus is not None:  # --other-method minus: the mixture as read, minus the stem as returned
+            stems = _with_mixture_minus(stems, self.mixture.blocks(), (self.plan.minus,))
+        yield from stems
 
     def _checked(self, stems: Iterator[torch.Tensor], expected: int) -> Iterator[torch.Tensor]:
         for block in stems:
@@ -655,6 +756,18 @@ class _Flow:
                 raise ModelError(f"model '{self.separator.spec.name}' returned {block.shape[0]} stems, "
                                  f"its spec lists {expected}")
             yield block
+
+
+def _with_mixture_minus(stems: Iterable[torch.Tensor], mixture: Iterable[torch.Tensor],
+                        rows: Iterable[int]) -> Iterator[torch.Tensor]:
+    """Each (S, channels, n) block of `stems` with one more stem: the mixture minus the sum of
+    stems `rows`, the mixture's blocks taken in step with the stems'. The one way sfsep makes a
+    stem from the mixture: the residual stem at the model rate, --other-method minus at the
+    input rate (each stream sample-aligned with its mixture)."""
+    aligned, rows = _Aligned(mixture), list(rows)
+    for block in stems:
+        rest = aligned.take(block.shape[-1]) if block.shape[-1] else block[0]
+        yield torch.cat([block, (rest - block[rows].sum(0))[None]])
 
 
 def _skip(blocks: Iterable[torch.Tensor], count: int) -> Iterator[torch.Tensor]:
@@ -672,11 +785,24 @@ def _lazy(make: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
     yield make()
 
 
-def _notes(separator: Separator) -> list[str]:
-    residual = separator.spec.residual_stem
-    if residual:
-        return [f"'{residual}' is the mixture minus {', '.join(separator.spec.stems)} (the model predicts only those)"]
-    return []
+def _notes(separator: Separator, plan: StemPlan) -> list[str]:
+    """How the returned stems that the model does not predict itself were made."""
+    residual, predicted = separator.spec.residual_stem, len(separator.spec.stems)
+    notes = []
+    if residual and any(row >= predicted for row in plan.rows + plan.summed):
+        notes.append(f"'{residual}' is the mixture minus {', '.join(separator.spec.stems)} "
+                     f"(the model predicts only those)")
+    return notes + list(plan.notes)
+
+
+def _separator(model: str | ModelSpec | Separator, settings: Settings | None) -> Separator:
+    """`model` as a Separator; a stem selection the model cannot give fails before its weights load."""
+    if isinstance(model, Separator):
+        return model
+    spec = get_spec(model) if isinstance(model, str) else model
+    if settings is not None:
+        plan_stems(model_stem_names(spec), settings, spec.name)
+    return Separator(spec, device=settings.device if settings else "auto")
 
 
 def separate(
@@ -690,11 +816,9 @@ def separate(
 ) -> Separation:
     """Separate `audio` (channels, samples) at `rate`; stems come back at `rate` with the input's
     channel count and length. `settings` defaults to the Separator's own; `resampler` overrides
-    its `resampler`. The same flow as `separate_file`, on a tensor held in memory."""
-    if isinstance(model, Separator):
-        separator = model
-    else:
-        separator = Separator(model, device=settings.device if settings else "auto")
+    its `resampler`. The same flow as `separate_file`, on a tensor held in memory; `settings`
+    selects the stems returned (`Settings.stems`, `two_stems`, `other_method`)."""
+    separator = _separator(model, settings)
     settings = settings or separator.settings
     if resampler is not None:
         settings = replace(settings, resampler=resampler)
@@ -706,8 +830,8 @@ def separate(
         raise AudioError(f"{audio.shape[0]}-channel audio: sfsep separates mono or stereo (fold it down first)")
     flow = _Flow(separator, Mixture.of_tensor(audio, rate, block=max(1, audio.shape[-1])), settings)
     joined = torch.cat(list(flow.stems(progress)), dim=-1)
-    stems = dict(zip(separator.stem_names, joined))
-    return Separation(stems, rate, flow.model_rate, flow.strategy, flow.reason, _notes(separator))
+    stems = dict(zip(flow.plan.names, joined))
+    return Separation(stems, rate, flow.model_rate, flow.strategy, flow.reason, _notes(separator, flow.plan))
 
 
 def _pick_strategy(requested: str, input_rate: int, model_rate: int) -> tuple[str, str]:
@@ -769,6 +893,7 @@ class FileResult:
     reason: str = ""
     bandwidth_hz: float = 0.0
     outputs: list[Path] = field(default_factory=list)
+    stems: list[str] = field(default_factory=list)  # the stems written, in the order of `outputs`
     clipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -777,23 +902,36 @@ class FileResult:
 
     def summary(self) -> list[str]:
         """A done file in words: its rate and bandwidth, the model's rate, the resampler and why,
-        where the stems went; then a line per stem with clipped samples and per note."""
+        where the stems went and which; then a line per stem with clipped samples and per note."""
         folder = os.path.commonpath([str(p.parent) for p in self.outputs]) if self.outputs else ""
         return ([f"{self.path}: {self.input_rate} Hz (bandwidth {self.bandwidth_hz / 1000:.1f} kHz) -> model at "
-                 f"{self.model_rate} Hz, resampler {self.strategy} ({self.reason}) -> {folder}"]
+                 f"{self.model_rate} Hz, resampler {self.strategy} ({self.reason}) -> {folder} "
+                 f"({', '.join(self.stems)})"]
                 + [f"  {stem}: {count} samples were beyond full scale (handled by --clip)"
                    for stem, count in self.clipped.items()] + [f"  note: {note}" for note in self.notes])
 
 
-def stem_paths(path: Path, separator: Separator, output: OutputOptions, *, track: str | None = None) -> dict[str, Path]:
-    """Where each stem of `path` goes: the --filename template filled with the track's name
-    (`track`, by default the file's name without its extension) and each stem's name."""
-    spec = separator.spec
-    names = separator.stem_names
+def file_resampler(separator: Separator, settings: Settings, rate: int) -> str:
+    """The resampler the flow uses for an input at `rate` (the {resampler} of --filename);
+    a ResampleError for --resampler none at another rate than the model's."""
+    return _pick_strategy(settings.resampler, rate, separator.spec.model_rate(rate))[0]
+
+
+def stem_paths(path: Path, separator: Separator, output: OutputOptions, *, track: str | None = None,
+               settings: Settings | None = None, resampler: str | None = None) -> dict[str, Path]:
+    """Where each stem `settings` selects (all by default) of `path` goes: the --filename template
+    filled with the track's name (`track`, by default the file's name without its extension), each
+    stem's name and, for a template that names {resampler}, `resampler` (by default the one the
+    flow will use for the file, which reads the file's rate)."""
+    settings = settings or Settings()
+    names = plan_stems(separator.stem_names, settings, separator.spec.name).names
+    if resampler is None and "resampler" in audio_io.template_fields(output.filename):
+        resampler = file_resampler(separator, settings, audio_io.inspect(path).rate)
     return {
-        name: audio_io.output_path(output.filename, out=Path(output.out), model=spec.name,
+        name: audio_io.output_path(output.filename, out=Path(output.out), model=separator.spec.name,
                                    track=path.stem if track is None else track,
-                                   trackext=path.suffix.lstrip("."), stem=name, ext=output.format)
+                                   trackext=path.suffix.lstrip("."), stem=name, ext=output.format,
+                                   resampler=resampler)
         for name in names
     }
 
@@ -806,19 +944,32 @@ class OutputPlan:
     refused: dict[Path, AudioError] = field(default_factory=dict)
 
 
-def plan_outputs(inputs: Iterable[tuple[Path, str]], separator: Separator, output: OutputOptions) -> OutputPlan:
-    """Each (input, track name)'s stem paths, in the given order. An input whose outputs an earlier
-    input already claims (song.wav and song.flac are both the track "song"), or whose outputs
-    would replace an input of the run, is refused with an error naming both files: within one
-    run nothing is silently skipped or replaced. So is a track whose name makes the template
-    leave the output folder. A template that cannot work at all raises UsageError."""
+def plan_outputs(inputs: Iterable[tuple[Path, str]], separator: Separator, output: OutputOptions,
+                 settings: Settings | None = None) -> OutputPlan:
+    """Each (input, track name)'s stem paths (the stems `settings` selects), in the given order. An
+    input whose outputs an earlier input already claims (song.wav and song.flac are both the
+    track "song"), or whose outputs would replace an input of the run, is refused with an error
+    naming both files: within one run nothing is silently skipped or replaced. So is a track
+    whose name makes the template leave the output folder, and, with {resampler} in the
+    template, a file whose rate cannot be read or suits no resampler. A template or a stem
+    selection that cannot work at all raises UsageError."""
     inputs = [(Path(path), track) for path, track in inputs]
     sources = {os.path.realpath(path): path for path, _ in inputs}
     claimed: dict[str, Path] = {}
     plan = OutputPlan()
+    names_resampler = "resampler" in audio_io.template_fields(output.filename)
     for path, track in inputs:
         try:
-            targets = stem_paths(path, separator, output, track=track)
+            resampler = None
+            if names_resampler:  # the file's own: its rate is read from its header
+                try:
+                    resampler = file_resampler(separator, settings or Settings(), audio_io.inspect(path).rate)
+                except AudioError as exc:  # names the file already
+                    plan.refused[path] = exc
+                    continue
+                except ResampleError as exc:
+                    raise AudioError(str(exc)) from exc
+            targets = stem_paths(path, separator, output, track=track, settings=settings, resampler=resampler)
         except AudioError as exc:
             plan.refused[path] = AudioError(f"{path}: {exc}")
             continue
@@ -867,20 +1018,21 @@ def separate_file(
     skipped unless `output.overwrite`. Memory stays bounded whatever the file's length.
     `track` is the {track} of the --filename template (default: the file's name without
     its extension; `batch` passes the path below its folder).
+    Only the stems `settings` selects are computed and written (see `Settings`); the result's
+    `stems` and `outputs` list them.
     Errors about the file are AudioError naming it; on any error (and on Ctrl-C) nothing is
     published and no existing stem is touched. While the stems are written the track is locked
     (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note."""
     started = time.perf_counter()
     path = Path(path)
-    if isinstance(model, Separator):
-        separator = model
-    else:
-        separator = Separator(model, device=settings.device if settings else "auto")
+    separator = _separator(model, settings)
     settings = settings or separator.settings
     output = output or OutputOptions()
     audio_io.check_encoding(output.format, bits=output.bits, bitrate=output.bitrate,  # before any work
                             quality=output.quality)
-    targets = stem_paths(path, separator, output, track=track)
+    info = audio_io.check_input(path, downmix=output.downmix)  # its rate names the {resampler}
+    targets = stem_paths(path, separator, output, track=track, settings=settings,  # checks the stem selection
+                         resampler=file_resampler(separator, settings, info.rate))
     for target in targets.values():
         too_long = long_name(target)
         if too_long:
@@ -890,7 +1042,6 @@ def separate_file(
         existing = [p for p in targets.values() if p.exists()]
     except OSError as exc:
         raise AudioError(f"{exc.filename}: cannot be written ({os_error_reason(exc)})") from exc
-    info = audio_io.check_input(path, downmix=output.downmix)
     if existing and not output.overwrite:
         return FileResult(path, "skipped", info.rate, notes=[f"{existing[0]} exists (use --overwrite to replace)"])
     for folder in {p.parent for p in targets.values()}:
@@ -920,7 +1071,8 @@ def separate_file(
               info.rate, separator.name, flow.model_rate, flow.strategy, flow.reason, flow.total_chunks,
               flow.contract.segment, flow.contract.style)
     write_rate = audio_io.writable_rate(output.format, info.rate)
-    notes = _notes(separator) + _format_notes(output, info.rate, write_rate) + ([length_note] if length_note else [])
+    notes = (_notes(separator, flow.plan) + _format_notes(output, info.rate, write_rate)
+             + ([length_note] if length_note else []))
     with audio_io.TrackLock(targets.values()) as lock:  # two runs never write one track at once
         if not lock.held:
             return FileResult(path, "skipped", info.rate, busy=True,
@@ -931,7 +1083,7 @@ def separate_file(
                               notes=[f"{existing[0]} exists (use --overwrite to replace)"])
         with audio_io.StagedStems(targets, write_rate, channels, bits=output.bits, clip=output.clip,
                                   bitrate=output.bitrate, quality=output.quality) as staged:
-            names = separator.stem_names
+            names = flow.plan.names
             stems: Iterator[torch.Tensor] = flow.stems(progress)
             if write_rate != info.rate:  # a format that cannot hold the input's rate: conventional, streamed
                 to_format = StreamResampler(cached_conventional_kernel(info.rate, write_rate, torch.float32,
@@ -944,8 +1096,8 @@ def separate_file(
     return FileResult(
         path=path, status="done", input_rate=info.rate, model_rate=flow.model_rate,
         strategy=flow.strategy, reason=flow.reason, bandwidth_hz=bandwidth,
-        outputs=[r.path for r in reports],
-        clipped={r.path.stem: r.clipped_samples for r in reports if r.clipped_samples},
+        outputs=[r.path for r in reports], stems=list(flow.plan.names),
+        clipped={name: r.clipped_samples for name, r in zip(flow.plan.names, reports) if r.clipped_samples},
         notes=notes, seconds=time.perf_counter() - started,
     )
 
@@ -970,7 +1122,8 @@ def describe(result: FileResult) -> dict[str, Any]:
     return {
         "file": str(result.path), "status": result.status, "input_rate": result.input_rate,
         "model_rate": result.model_rate, "resampler": result.strategy, "reason": result.reason,
-        "bandwidth_hz": round(result.bandwidth_hz, 1), "outputs": [str(p) for p in result.outputs],
+        "bandwidth_hz": round(result.bandwidth_hz, 1), "stems": list(result.stems),
+        "outputs": [str(p) for p in result.outputs],
         "clipped_samples": result.clipped, "notes": result.notes, "seconds": round(result.seconds, 3),
         "error": result.error or None,
     }

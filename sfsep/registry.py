@@ -33,7 +33,9 @@ expect. Without its weights (offline, no network) the error suggests --model cla
 @dataclass(frozen=True)
 class WeightsSource:
     """Where a checkpoint comes from: a Hugging Face repo file, a plain URL or a Google Drive id,
-    and the hosts that mirror the same file (tried in order when this one fails)."""
+    and its mirrors, tried in order when this one fails: the same file on other hosts, or
+    another file with the same weights and its own digest (e.g. a demucs model's safetensors on
+    the Hub, then its legacy .th package)."""
 
     url: str | None = None
     hf_repo: str | None = None
@@ -44,7 +46,8 @@ class WeightsSource:
     sha256: str | None = None  # full hex digest, or a prefix (demucs names carry 8 hex digits)
     size: int | None = None  # bytes, where known
     checksum_source: str | None = None  # where sha256 and size were published
-    mirrors: tuple["WeightsSource", ...] = ()  # the same file elsewhere; same name, digest and size
+    mirrors: tuple["WeightsSource", ...] = ()  # the same file elsewhere (same name, digest, size), or another
+    # file with the same weights (its own name, digest and size)
 
     @property
     def cache_name(self) -> str:
@@ -101,8 +104,13 @@ _SPEC_KEYS = frozenset(ModelSpec.__dataclass_fields__) - {"name"}
 """The keys a [models.NAME] table may hold: ModelSpec's fields, bar the name (the table's own)."""
 
 _WEIGHTS_KEYS = set(WeightsSource.__dataclass_fields__)
-_MIRROR_KEYS = {"url", "hf_repo", "hf_filename", "hf_revision", "gdrive_id"}
-"""A mirror only says where: the name in the cache, the digest and the size are its entry's."""
+_LOCATION_KEYS = {"url", "hf_repo", "hf_filename", "hf_revision", "gdrive_id"}
+_OWN_FILE_KEYS = {"sha256", "size", "checksum_source"}
+_MIRROR_KEYS = _LOCATION_KEYS | _OWN_FILE_KEYS
+"""A mirror says where the same file is: the name in the cache, the digest and the size are its
+entry's. A mirror that gives its own sha256 or size is another file holding the same weights
+(demucs' legacy .th package behind its safetensors on the Hugging Face Hub): it keeps its own
+name in the cache, and only its own digest and size hold for it."""
 
 
 def _has_location(entry: dict) -> bool:
@@ -120,12 +128,27 @@ def _mirrors(raw: Any, name: str, primary: WeightsSource) -> tuple[WeightsSource
         unknown = sorted(set(entry) - _MIRROR_KEYS)
         if unknown:
             raise ModelError(f"models.toml: model '{name}': unknown mirror keys {unknown} (a mirror takes "
-                             f"{', '.join(sorted(_MIRROR_KEYS))}; its file, sha256 and size are the entry's)")
+                             f"{', '.join(sorted(_MIRROR_KEYS))}; its file name is the entry's unless it "
+                             f"gives its own sha256 or size)")
         if not _has_location(entry):
             raise ModelError(f"models.toml: model '{name}': a mirror needs url, gdrive_id, or hf_repo and hf_filename")
-        where = {key: entry.get(key) for key in _MIRROR_KEYS}
-        mirrors.append(replace(primary, filename=primary.cache_name, mirrors=(), **where))
+        where = {key: entry.get(key) for key in _LOCATION_KEYS}
+        if entry.get("sha256") is None and entry.get("size") is None:
+            if entry.get("checksum_source") is not None:
+                raise ModelError(f"models.toml: model '{name}': a mirror's checksum_source needs its own sha256 "
+                                 f"or size (a mirror of the same file takes the entry's)")
+            mirrors.append(replace(primary, filename=primary.cache_name, mirrors=(), **where))
+            continue
+        _check_sha256(name, entry.get("sha256"))
+        own = {key: entry.get(key) for key in _OWN_FILE_KEYS}
+        mirrors.append(WeightsSource(**where, **own))  # another file: its own name, digest and size
     return tuple(mirrors)
+
+
+def _check_sha256(name: str, sha256: Any) -> None:
+    if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256)):
+        raise ModelError(f"models.toml: model '{name}': sha256 must be hex digits (the full 64, or a prefix "
+                         f"of at least 8), not {sha256!r}")
 
 
 def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
@@ -144,10 +167,7 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
             raise ModelError(f"models.toml: model '{name}': a weights entry needs url, gdrive_id, "
                              f"or hf_repo and hf_filename")
         fields = {key: value for key, value in entry.items() if key != "mirrors"}
-        sha256 = fields.get("sha256")
-        if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256)):
-            raise ModelError(f"models.toml: model '{name}': sha256 must be hex digits (the full 64, or a prefix "
-                             f"of at least 8), not {sha256!r}")
+        _check_sha256(name, fields.get("sha256"))
         primary = WeightsSource(**fields)
         sources.append(replace(primary, mirrors=_mirrors(entry.get("mirrors"), name, primary)))
     return tuple(sources)

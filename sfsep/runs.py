@@ -54,7 +54,7 @@ class RunReport:
             return result.error
         if result.status == "skipped":
             return "" if self.skip_existing and not result.busy else "; ".join(result.notes)
-        return f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s"
+        return f"{result.input_rate} Hz, {result.strategy}, {result.seconds:.1f} s: {', '.join(result.stems)}"
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(name, status, detail) per file, sorted by name: the summary table of `batch`."""
@@ -98,6 +98,8 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
     KeyboardInterrupt reaches the caller."""
     paths = [Path(path) for path in files]
     name = model.name  # an unknown model name is a usage error, before any input is read
+    if isinstance(model, ModelChoice) and settings is not None:
+        model.check(settings)  # so is a stem the model does not have, before its weights are loaded
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1")
     audio_io.check_template(output.filename, ext=output.format, several_tracks=len(paths) > 1 or tracks is not None)
@@ -117,7 +119,7 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
     output = replace(output, out=Path(output.out) / separator.spec.name)
     names = tracks or {path: path.stem for path in paths}
     refused = plan_outputs([(path, names[path]) for path in paths if path not in unreadable], separator,
-                           output).refused
+                           output, settings).refused
     if refused and strict:  # two inputs with the same outputs: refused before any of them runs
         raise next(iter(refused.values()))
     results: dict[Path, FileResult] = dict(unreadable)

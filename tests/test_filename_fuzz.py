@@ -25,21 +25,22 @@ from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import tone_mix
-from sfsep.audio import check_template, output_path
-from sfsep.errors import AudioError, SfsepError, UsageError
-from sfsep.pipeline import OutputOptions, plan_outputs
+from sfsep.audio import check_template, output_path, template_fields
+from sfsep.errors import AudioError, UsageError
+from sfsep.pipeline import OutputOptions, Settings, plan_outputs
 
 OUT = Path("/nonexistent-sfsep-fuzz/separated/model")
 NO_EXPLAIN = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]  # explain: minutes
 
 # Pieces that templates and track names are made of: the fields, and everything that has been
 # or could be misread as a field or as a path step.
-PLAIN = ["{stem}", "{track}", "{trackext}", "{model}", "{ext}", "{{", "}}", "/", ".", "-", "_", " "]
+PLAIN = ["{stem}", "{track}", "{trackext}", "{model}", "{ext}", "{resampler}", "{{", "}}", "/", ".", "-", "_", " "]
 ODD = ["{", "}", "{0}", "{}", "{stem:.1}", "{stem!r}", "{track[0]}", "{stem.upper}", "{nope}", "//", "..",
        "./", "../", ".wav", ".flac", ".WAV", "\\", "%s", "\n", "~", "\0"]
 FRAGMENTS = PLAIN + ODD
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
 SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}/\0"), max_size=8)
+RESAMPLERS = st.sampled_from(["conventional", "noisy", "noise", "trainable", "none"])
 
 STEM_SETS = st.one_of(
     st.sampled_from([("vocals", "drums", "bass", "other"), ("drums", "bass", "other", "vocals", "guitar", "piano"),
@@ -87,15 +88,24 @@ def _usage_error_is_clear(error: UsageError, template: str) -> None:
 
 
 @settings(max_examples=1000, deadline=None, phases=NO_EXPLAIN)
-@example(template="{track}.{ext}", track="song", stems=("vocals", "drums"), ext="wav", trackext="wav")
-@example(template="{trackext}.{ext}", track="song", stems=("vocals", "drums"), ext="wav", trackext="wav")
-@example(template="{stem}", track="song", stems=("vocals", "drums"), ext="wav", trackext="wav")
-@example(template="{track}/{stem}.{ext}", track="{stem}", stems=("vocals", "drums"), ext="wav", trackext="wav")
-@example(template="{track}/{stem}.{ext}", track="x{0}y", stems=("vocals", "drums"), ext="flac", trackext="wav")
-@example(template="{track}/{stem}.{ext}", track="..", stems=("vocals", "drums"), ext="wav", trackext="wav")
+@example(template="{track}.{ext}", track="song", stems=("vocals", "drums"), ext="wav",
+         trackext="wav", resampler="noisy")
+@example(template="{trackext}.{ext}", track="song", stems=("vocals", "drums"), ext="wav",
+         trackext="wav", resampler="noisy")
+@example(template="{stem}", track="song", stems=("vocals", "drums"), ext="wav", trackext="wav", resampler="noisy")
+@example(template="{track}/{stem}.{ext}", track="{stem}", stems=("vocals", "drums"), ext="wav",
+         trackext="wav", resampler="noisy")
+@example(template="{track}/{stem}.{ext}", track="x{0}y", stems=("vocals", "drums"), ext="flac",
+         trackext="wav", resampler="noisy")
+@example(template="{track}/{stem}.{ext}", track="..", stems=("vocals", "drums"), ext="wav",
+         trackext="wav", resampler="noisy")
+@example(template="{track}/{resampler}/{stem}.{ext}", track="..", stems=("vocals", "drums"), ext="wav",
+         trackext="wav", resampler="none")
 @given(template=templates(), track=track_names(path_steps=False), stems=STEM_SETS,
-       ext=st.sampled_from(["wav", "flac"]), trackext=st.sampled_from(["wav", "flac", "mp3", ""]))
-def test_any_template_any_track_gives_an_error_or_distinct_paths_inside(template, track, stems, ext, trackext):
+       ext=st.sampled_from(["wav", "flac"]), trackext=st.sampled_from(["wav", "flac", "mp3", ""]),
+       resampler=RESAMPLERS)
+def test_any_template_any_track_gives_an_error_or_distinct_paths_inside(template, track, stems, ext, trackext,
+                                                                         resampler):
     try:
         check_template(template, ext=ext)
     except UsageError as error:
@@ -107,7 +117,7 @@ def test_any_template_any_track_gives_an_error_or_distinct_paths_inside(template
     for stem in stems:
         try:
             paths.append(output_path(template, out=OUT, model="model", track=track, trackext=trackext, stem=stem,
-                                     ext=ext))
+                                     ext=ext, resampler=resampler))
         except AudioError as error:  # this track's name cannot be used with this template
             event("track refused")
             assert str(error).startswith(f"track {track!r}: "), error
@@ -116,14 +126,30 @@ def test_any_template_any_track_gives_an_error_or_distinct_paths_inside(template
     assert len(set(normals)) == len(stems), (template, track, normals)
 
 
+@pytest.fixture(scope="module")
+def music(tmp_path_factory) -> Path:
+    """Inputs for the batch plans: input0.wav, input2.wav, input4.wav at 8 kHz (auto picks noisy for
+    a 44.1 kHz model), input1.wav at 44.1 kHz (none), input3.wav not audio (refused when the
+    template names {resampler}, which needs the file's rate)."""
+    folder = tmp_path_factory.mktemp("music")
+    for index in range(5):
+        if index == 3:
+            (folder / "input3.wav").write_bytes(b"not audio")
+        else:
+            sf.write(folder / f"input{index}.wav", tone_mix(8000, 0.01), 44100 if index == 1 else 8000)
+    return folder
+
+
 @settings(max_examples=800, deadline=None, phases=NO_EXPLAIN)
 @example(template="{stem}.{ext}", tracks=["a", "b"], stems=("vocals", "drums"), ext="wav")
+@example(template="{track}/{resampler}-{stem}.{ext}", tracks=["a", "b", "c", "d"], stems=("vocals",), ext="wav")
+@example(template="{resampler}/{stem}.{ext}", tracks=["a", "b"], stems=("vocals",), ext="wav")
 @example(template="{track}/{stem}.{ext}", tracks=["song", "song"], stems=("vocals",), ext="wav")
 @example(template="{track}{stem}.{ext}", tracks=["a", "av"], stems=("vocals", "ocals"), ext="wav")
 @example(template="{track}/{stem}.{ext}", tracks=["sub/.", "sub"], stems=("vocals",), ext="wav")
 @given(template=templates(), tracks=st.lists(track_names(path_steps=True), min_size=2, max_size=5, unique=True),
        stems=STEM_SETS, ext=st.sampled_from(["wav", "flac"]))
-def test_a_batch_of_any_tracks_gives_errors_or_distinct_paths_inside(template, tracks, stems, ext):
+def test_a_batch_of_any_tracks_gives_errors_or_distinct_paths_inside(music, template, tracks, stems, ext):
     try:
         check_template(template, ext=ext, several_tracks=True)
     except UsageError as error:
@@ -131,9 +157,13 @@ def test_a_batch_of_any_tracks_gives_errors_or_distinct_paths_inside(template, t
         _usage_error_is_clear(error, template)
         return
     event("template accepted")
-    separator = SimpleNamespace(spec=SimpleNamespace(name="model"), stem_names=list(stems))
-    inputs = [(Path(f"/music/input{index}.wav"), track) for index, track in enumerate(tracks)]
-    plan = plan_outputs(inputs, separator, OutputOptions(out=OUT, filename=template, format=ext))
+    separator = SimpleNamespace(spec=SimpleNamespace(name="model", model_rate=lambda rate: 44100),
+                                stem_names=list(stems))
+    inputs = [(music / f"input{index}.wav", track) for index, track in enumerate(tracks)]
+    plan = plan_outputs(inputs, separator, OutputOptions(out=OUT, filename=template, format=ext), Settings())
+    names_resampler = "resampler" in template_fields(template)
+    if names_resampler:
+        event("template names {resampler}")
     assert set(plan.targets) | set(plan.refused) == {path for path, _ in inputs}
     assert not set(plan.targets) & set(plan.refused)
     seen: dict[str, Path] = {}
@@ -143,9 +173,12 @@ def test_a_batch_of_any_tracks_gives_errors_or_distinct_paths_inside(template, t
             assert message.startswith(f"{path}: ") and "Traceback" not in message, message
             event("input refused")
             continue
+        assert not (names_resampler and path.name == "input3.wav"), "a file whose rate is unknown was planned"
         targets = plan.targets[path]
         assert list(targets) == list(stems)
         for target in targets.values():
+            if names_resampler:
+                assert ("none" if path.name == "input1.wav" else "noisy") in str(target), (template, target)
             normal = _inside(target, OUT, ext)
             assert normal not in seen, (template, track, seen.get(normal), path)
             seen[normal] = path

@@ -311,3 +311,23 @@ def test_without_pyav_the_error_names_the_file_and_the_extra(run_cli, wav_file, 
     text = tmp_path / "notes.wav"  # a libsndfile extension: not audio, whatever FFmpeg could do
     text.write_text("plain text\n" * 50)
     _one_line_error(run_cli(text, "--out", out), "notes.wav: not an audio file that can be read")
+
+
+def test_a_damaged_file_of_a_libsndfile_format_is_not_handed_to_ffmpeg(run_cli, tmp_path):
+    """An MP3 cut so short that libsndfile refuses it was decoded by the FFmpeg fallback, which
+    has no header length to hold it to: the cut file was separated with exit 0 (found by the
+    audio fuzz tests). A format libsndfile owns and refuses is an error naming the file; FFmpeg
+    serves only the formats libsndfile does not read."""
+    pytest.importorskip("av")
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, tone_mix(22050, seconds=0.3), 22050, format="MP3")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: int(len(data) * 0.15)])  # a few frames: libsndfile refuses it
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(str(cut))
+    out = tmp_path / "out"
+    result = run_cli(str(cut), "--model", "classic", "--out", str(out))
+    _one_line_error(result, str(cut), "not an audio file that can be read")
+    assert not out.exists() or not _files_below(out)
+    assert run_cli("info", str(cut)).code == 1

@@ -4,7 +4,6 @@ run never share outputs, and `batch -R` does not take its own output tree as inp
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
