@@ -38,6 +38,12 @@ class ModelError(SfsepError):
     """An unknown model, an architecture that is not available, or a checkpoint that does not fit."""
 
 
+class UnknownModelError(ModelError, UsageError):
+    """A model name that is neither a name nor an alias in models.toml (a usage error, exit 2)."""
+
+    exit_code = 2
+
+
 class WeightsError(SfsepError):
     """Weights that are missing, cannot be downloaded, or fail their checksum."""
 

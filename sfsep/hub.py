@@ -88,13 +88,17 @@ GIVE_UP_SECONDS = 12.0  # a download that receives no byte for this long fails (
 ATTEMPTS = 4  # connections per download before giving up (each resumes where the last stopped)
 RETRY_PAUSE_SECONDS = 0.5
 RECORD_SUFFIX = ".sha256"
+CLASSIC_HINT = ", or use --model classic (no weights needed)"
+"""How the weights errors end: the one model that runs without weights (callers for which it
+cannot serve, such as train-kernel, replace it)."""
 USER_AGENT = f"sfsep/{__version__} (+https://github.com/sfsep)"
 
 Log = Callable[[str], None]
 
 
 def _default_log(message: str) -> None:
-    print(message, file=sys.stderr)
+    """Warnings go to the `sfsep.hub` logger (the command line shows them; -q hides them)."""
+    logging.getLogger(__name__).warning(message.removeprefix("warning: "))
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,7 +463,7 @@ def _offline_miss_message(source, model: str) -> str:
         f"{where_expected(source)}){alternative}, and offline mode forbids downloading it from "
         f"{source_label(source)}. "
         f"On a machine with internet run `sfsep fetch {name}` and {copy}, or run with --weights PATH to a "
-        f"checkpoint file, or use --model classic (no weights needed)"
+        f"checkpoint file{CLASSIC_HINT}"
     )
 
 
@@ -643,7 +647,7 @@ def _no_connection(exc: BaseException, limits: _Timeouts) -> str:
 
 
 def _http_failure(url: str, code: int, reason: str, model: str) -> WeightsError:
-    fix = "download the file by hand and pass --weights PATH, or use --model classic (no weights needed)"
+    fix = f"download the file by hand and pass --weights PATH{CLASSIC_HINT}"
     if code in (404, 410):
         return WeightsError(f"{url}: HTTP {code} {reason}: the file is not there (it may have moved); {fix}")
     if code in (401, 403):
@@ -672,7 +676,7 @@ def _fetch_with_retries(url: str, partial: Path, *, opener, timeouts: _Timeouts,
     tries = f" after {attempts} attempts" if attempts > 1 else ""
     raise WeightsError(
         f"{url}: the download failed{tries} ({last_problem}){resume}. Check the connection and run the command "
-        f"again, or pass --weights PATH, or use --model classic (no weights needed)")
+        f"again, or pass --weights PATH{CLASSIC_HINT}")
 
 
 def _part_state_path(partial: Path) -> Path:
@@ -1042,13 +1046,25 @@ def verify_source(source) -> list[Check]:
     return [check_file(path, candidate) for candidate, path in _cached(source)]
 
 
-def verify_model(spec) -> list[Check]:
-    """Hash every cached checkpoint of a model (missing ones are reported as missing)."""
+def verify_model(spec, *, missing: bool = True) -> list[Check]:
+    """Hash every cached checkpoint of a model; with `missing`, a file not cached is a failed
+    Check ("not cached"), otherwise it is left out (`sfsep fetch --verify` checks the cache)."""
     results = []
     for source in spec.weights:
         results.extend(verify_source(source)
-                       or [Check(Path(where_expected(source)), False, None, "not cached")])
+                       or ([Check(Path(where_expected(source)), False, None, "not cached")] if missing else []))
     return results
+
+
+def fetch_each(spec, *, offline: bool = False, progress: bool | None = None,
+               log: Log | None = None) -> Iterator[tuple[object, Path | WeightsError]]:
+    """(source, its checked local path or the WeightsError that stopped it) for every checkpoint
+    of a model, going on after a failure (`sfsep fetch`; `fetch_model` stops at the first)."""
+    for source in spec.weights:
+        try:
+            yield source, ensure(source, offline=offline, progress=progress, log=log, model=spec.name)
+        except WeightsError as exc:
+            yield source, exc
 
 
 @dataclass
@@ -1126,7 +1142,7 @@ def human_size(size: int | None) -> str:
 
 __all__ = [
     "Check", "Reach", "cache_dir", "cache_files", "cache_status", "cached_path", "check_file", "checksum_matches",
-    "clean_cache", "ensure", "expected_path", "fetch_model", "gdrive_base", "human_size", "offline_requested",
+    "clean_cache", "ensure", "expected_path", "fetch_each", "fetch_model", "gdrive_base", "human_size", "offline_requested",
     "probe", "record_path", "recorded_digest", "sha256_of", "source_host", "source_label", "verify_model",
     "verify_source", "weights_dir", "where_expected",
 ]

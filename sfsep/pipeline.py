@@ -4,13 +4,15 @@
     kernel per file) --> chunks + overlap-add by the model's run-time contract --> stems at the
     model rate --> resample down (stateful, conventional) --> staged files, published together
 
+`Separator` is sfsep's library entry point: a model loaded once (spec, modules, device, run-time
+contract) with the settings it runs with; its methods run the flow on a tensor, a file or several.
 `separate_file(path, model, ...)` runs it on a file without ever holding the track: memory is
 bounded by the block and chunk sizes, not by the track's length. What needs the whole track is
 gathered first in cheap passes over the file (its decoded length and a NaN check, the effective
 bandwidth, the mixture statistics a model normalizes by, the energy the "noise" resampler
 scales to); a pass re-reads the file, which costs far less than the model. `separate(audio, rate,
-model)` runs the same flow on a tensor and returns the stems in memory. `Separator` is a model
-made ready to run (spec, modules, device, run-time contract), so a batch of files loads it once.
+model)` runs the same flow on a tensor and returns the stems in memory. `Settings` and
+`OutputOptions` check themselves when made, so library callers get the command line's checks.
 Nothing here names a model family: each family's module states its contract
 (`sfsep.models.run_contract`).
 
@@ -22,11 +24,12 @@ not selected are dropped at the model rate, before anything is brought back down
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -36,16 +39,24 @@ from .inference import (MixtureStatistics, ProgressCallback, RunContract, count_
                         run_chunks)
 from .models import build_model, run_contract
 from .postprocess import GateStream
-from .registry import ModelSpec, get_spec
+from .registry import DEFAULT_MODEL, ModelSpec, get_spec
 from .resample import choose_strategy
 from .resample.kernel import cached_conventional_kernel, kernel_geometry
 from .resample.stream import StreamResampler
 from .resample.strategies import noisy_kernel
 
+if TYPE_CHECKING:
+    from .runs import RunReport
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Settings:
     """How to run a separation. None means: take the model's own setting (its run-time contract).
+
+    A Settings checks itself when it is made (a UsageError naming the option), so a library
+    caller gets the same checks as the command line, before any work.
 
     Stem selection (`plan_stems` checks it against the model's stems, before any work):
     `stems` returns (and writes) only those stems, in the model's order; `two_stems` returns that
@@ -70,10 +81,31 @@ class Settings:
     two_stems: str | None = None  # return this stem and no_<stem> (see other_method)
     other_method: str = "add"  # how no_<stem> is made: add | minus | none (demucs' --other-method)
 
+    def __post_init__(self) -> None:
+        from .inference import PRECISIONS
+        from .resample import METHODS
+
+        if self.resampler != "auto" and self.resampler not in METHODS:
+            raise UsageError(f"--resampler {self.resampler}: use auto or one of {', '.join(METHODS)}")
+        if self.sigma < 0:
+            raise UsageError(f"--sigma {self.sigma}: must not be negative")
+        if self.shifts < 0:
+            raise UsageError(f"--shifts {self.shifts}: must not be negative")
+        if self.chunk_seconds is not None and self.chunk_seconds <= 0:
+            raise UsageError(f"--chunk-seconds {self.chunk_seconds}: must be positive")
+        if self.overlap is not None and not 0 <= self.overlap < 1:
+            raise UsageError(f"--overlap {self.overlap}: give a fraction of a chunk, at least 0 and below 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: use one of {', '.join(PRECISIONS)}")
+
 
 @dataclass
 class Separation:
-    """The result of `separate`: stems at the input rate, and what was done to get them."""
+    """The result of `separate` / `Separator.separate_tensor`: the stems (name -> (channels,
+    samples) tensor) at the input rate, the model's rate, the resampler used (`strategy`) and
+    why (`reason`), and notes (e.g. a stem computed as the mixture minus the others)."""
 
     stems: dict[str, torch.Tensor]
     input_rate: int
@@ -157,23 +189,105 @@ def plan_stems(available: Sequence[str], settings: Settings, model: str) -> Stem
 
 
 class Separator:
-    """A model ready to run on a device.
+    """A separation model, loaded once, with the settings it runs with: sfsep's library entry point.
 
-    Models with a trained rate are built once; models that run at any rate (the classical ones)
-    are built for each input rate they meet, since their filters are set in Hz. `contract(rate)`
-    says how the model is run there (from the loaded checkpoint where it carries the facts).
+        from sfsep import Separator
+        separator = Separator("htdemucs", device="cpu")       # weights fetched, checked, loaded once
+        result = separator.separate_tensor(audio, 8000)      # stems at 8000 Hz, and what was done
+        result = separator.separate_file("song.wav", out="separated")
+
+    `model` is a name or alias from models.toml (`Separator.models()` lists them) or a ModelSpec;
+    None means the default model, or, with `config`, the model that config describes. `weights`
+    runs a local checkpoint instead of the published one; `config` (an MSST-style YAML path, or
+    its dict) replaces the spec's architecture, stems and chunking; `offline` (or SFSEP_OFFLINE=1)
+    never uses the network; `progress` shows download bars (None: when on a terminal).
+    `resampler`, `settings` and any further keyword (a `Settings` field such as sigma, seed,
+    chunk_seconds, shifts, gate_db) set how it runs; each call may override them.
+
+    For internal callers that already hold the built modules, `Separator(spec, modules=[...],
+    contract=...)` wraps them without loading anything. Models with a trained rate are built
+    once; models that run at any rate (the classical ones) are built for each input rate they
+    meet, since their filters are set in Hz. `contract(rate)` says how the model is run there.
     """
 
-    def __init__(self, spec: ModelSpec, *, device: str | torch.device = "auto",
-                 modules: list[torch.nn.Module] | None = None, contract: RunContract | None = None):
-        self.spec = spec
-        self.device = resolve_device(device)
+    def __init__(self, model: str | ModelSpec | None = DEFAULT_MODEL, *, device: str | torch.device = "auto",
+                 resampler: str | None = None, weights: str | os.PathLike | None = None,
+                 config: str | os.PathLike | dict | None = None, offline: bool = False,
+                 progress: bool | None = None, settings: Settings | None = None,
+                 modules: list[torch.nn.Module] | None = None, contract: RunContract | None = None,
+                 **options: Any):
+        overrides = dict(options, **({"resampler": resampler} if resampler is not None else {}))
+        if settings is not None and str(device) == "auto":
+            device = settings.device
+        self.settings: Settings = replace(settings or Settings(), device=str(device), **overrides)
+        if modules is None:
+            spec, modules, contract = _load(model, weights=weights, offline=offline, config=config, progress=progress)
+        else:
+            spec = model if isinstance(model, ModelSpec) else get_spec(model or DEFAULT_MODEL)
+        plan_stems(model_stem_names(spec), self.settings, spec.name)  # a selection the model cannot give
+        self.spec: ModelSpec = spec
+        self.device: torch.device = resolve_device(device)
         self._modules_by_rate: dict[int | None, list[torch.nn.Module]] = {}
         self._contracts: dict[int | None, RunContract] = {}
         self._identity: dict | None = None
-        if modules is not None:
+        if modules:
             self._modules_by_rate[spec.trained_rate] = [m.to(self.device).eval() for m in modules]
             self._contracts[spec.trained_rate] = contract or run_contract(spec, modules[0])
+        log.debug("model %s (%s) ready on %s", spec.name, spec.family, self.device)
+
+    @staticmethod
+    def models() -> list[dict[str, Any]]:
+        """What sfsep knows about every model in models.toml: name, aliases, family, stems,
+        trained rate, weights (size, sources, whether cached), chunking, license, citation.
+        Reads no weights and uses no network."""
+        from .catalog import model_rows
+
+        return model_rows()
+
+    def _settings(self, overrides: dict[str, Any]) -> Settings:
+        if not overrides:
+            return self.settings
+        settings = replace(self.settings, **overrides)
+        plan_stems(self.stem_names, settings, self.spec.name)
+        return settings
+
+    def separate_tensor(self, wav: torch.Tensor, rate: int, *, progress: ProgressCallback | None = None,
+                        **overrides: Any) -> "Separation":
+        """Separate `wav` ((channels, samples) or (samples,), mono or stereo) recorded at `rate` Hz.
+
+        Returns a Separation: `.stems` maps each stem name to a (channels, samples) tensor at
+        `rate` with the input's length; `.strategy`, `.reason`, `.input_rate`, `.model_rate`
+        and `.notes` say what was done. `overrides` are Settings fields for this call only."""
+        return separate(wav, rate, self, settings=self._settings(overrides), progress=progress)
+
+    def separate_file(self, path: str | os.PathLike, out: str | os.PathLike = "separated", *,
+                      filename: str = "{track}/{stem}.{ext}", format: str = "wav", bits: int | None = None,
+                      bitrate: int | None = None, quality: float | None = None, clip: str = "clamp",
+                      overwrite: bool = False, downmix: bool = False, output: "OutputOptions | None" = None,
+                      track: str | None = None, progress: ProgressCallback | None = None,
+                      **overrides: Any) -> "FileResult":
+        """Separate an audio file, streamed in bounded memory, into `out/<model>/<track>/<stem>.<ext>`
+        (the `filename` template below `out/<model>`), at the file's own rate (`format`, `bits`,
+        `bitrate`, `quality` as in OutputOptions). Existing stems are
+        skipped unless `overwrite`; nothing half-written is ever left. Returns a FileResult (its
+        `status` is "done" or "skipped"); errors about the file raise AudioError naming it.
+        `output` (an OutputOptions, whose `out` is the folder the template fills) replaces the
+        output keywords; `overrides` are Settings fields for this call only."""
+        if output is None:
+            output = OutputOptions(out=Path(out) / self.spec.name, filename=filename, format=format, bits=bits,
+                                   bitrate=bitrate, quality=quality, clip=clip, overwrite=overwrite, downmix=downmix)
+        return separate_file(path, self, output=output, settings=self._settings(overrides), progress=progress,
+                             track=track)
+
+    def separate_files(self, paths: Iterable[str | os.PathLike], out: str | os.PathLike = "separated", *,
+                       jobs: int = 1, **output: Any) -> "RunReport":
+        """Separate several files like `separate_file` (output keywords alike), `jobs` at a time.
+        A file that fails does not stop the others: the RunReport holds one FileResult per file
+        (status "done", "skipped" or "failed" with its `error`), in the given order."""
+        from .runs import separate_files
+
+        return separate_files(list(paths), self, OutputOptions(out=Path(out), **output), self.settings, jobs=jobs,
+                              strict=False)
 
     @property
     def name(self) -> str:
@@ -277,22 +391,84 @@ class _WeightedBag(torch.nn.Module):
         return average_bag([member(mix) for member in self.members], self.weights)
 
 
-def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str | os.PathLike | None = None,
-                   offline: bool = False, config: str | os.PathLike | dict | None = None,
-                   progress: bool | None = None) -> Separator:
-    """A Separator for a registry name (or alias) or a ModelSpec, with its weights loaded.
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load and how, before loading it: `spec()` resolves the name (and a --config)
+    and raises the usage errors (an unknown name, --weights without --model) at once; `load()`
+    builds the Separator (weights fetched, checked and loaded). `model` None: the default model,
+    or with `config` the model it describes."""
+
+    model: str | None = None
+    device: str = "auto"
+    weights: Path | None = None
+    config: Path | None = None
+    offline: bool = False
+    progress: bool | None = None
+
+    def spec(self) -> ModelSpec:
+        """The spec to load (before any --config is applied to it); UsageError for a bad choice."""
+        return _spec_to_load(self.model, self.config, self.weights)[0]
+
+    @property
+    def name(self) -> str:
+        """The model's name: its output folder's name."""
+        return self.spec().name
+
+    def check(self, settings: Settings) -> None:
+        """A stem selection this model cannot give, before its weights are loaded (with --weights
+        or --config the checkpoint may name other stems: then the Separator checks it once loaded)."""
+        if self.config is None and self.weights is None:
+            spec = self.spec()
+            plan_stems(model_stem_names(spec), settings, spec.name)
+
+    def load(self, **settings: Any) -> Separator:
+        """The Separator (weights fetched, checked and loaded); `settings` are Settings fields."""
+        return Separator(self.model, device=self.device, weights=self.weights, config=self.config,
+                         offline=self.offline, progress=self.progress, **settings)
+
+
+def load_separator(model: str | ModelSpec | None = DEFAULT_MODEL, *, device: str = "auto",
+                   weights: str | os.PathLike | None = None, offline: bool = False,
+                   config: str | os.PathLike | dict | None = None, progress: bool | None = None) -> Separator:
+    """`Separator(model, device=..., weights=..., offline=..., config=..., progress=...)`."""
+    return Separator(model, device=device, weights=weights, offline=offline, config=config, progress=progress)
+
+
+def _spec_to_load(model: str | ModelSpec | None, config, weights) -> tuple[ModelSpec, Any, bool]:
+    """The spec to run, the config still to apply to it, and whether it is the default model."""
+    from .checkpoint import load_yaml_config
+    from .registry import spec_from_config
+
+    if model is None and config is not None:
+        if weights is None:
+            raise UsageError(f"--config {config}: also pass --weights PATH (or --model NAME of a published model)")
+        data = config if isinstance(config, dict) else load_yaml_config(config)
+        name = Path(config).stem if not isinstance(config, dict) else "config"
+        return spec_from_config(data, name=name, source=f"--config {config}"), None, False
+    if model is None and weights is not None:
+        raise UsageError(f"--weights {weights}: also pass --model NAME (a model of the checkpoint's family) "
+                         f"or --config PATH (its MSST config)")
+    spec = get_spec(model) if isinstance(model, str) else model or get_spec(DEFAULT_MODEL)
+    return spec, config, model is None
+
+
+def _load(model: str | ModelSpec | None, *, weights: str | os.PathLike | None, offline: bool,
+          config: str | os.PathLike | dict | None, progress: bool | None
+          ) -> tuple[ModelSpec, list[torch.nn.Module], RunContract | None]:
+    """The spec, the loaded modules and their contract (None: the modules' own) of a model.
 
     Weights come from `weights` (a local checkpoint file) or from the model's sources in
     models.toml through `sfsep.hub` (cache, download, checksum; never the network when
-    `offline` or SFSEP_OFFLINE=1). `config` (an MSST-style YAML path, or its dict) replaces the
-    spec's architecture config, stems, rate and chunking. Checkpoints are read with
-    `sfsep.checkpoint` (no code in them runs) and loaded strictly.
-    """
+    `offline` or SFSEP_OFFLINE=1). `config` replaces the spec's architecture config, stems,
+    rate and chunking. Checkpoints are read with `sfsep.checkpoint` (no code in them runs) and
+    loaded strictly. Models that run at any rate have no weights: their modules are built later,
+    for each rate."""
     from . import checkpoint, hub
+    from .errors import WeightsError
     from .models import builder, checkpoint_config, limits
     from .registry import spec_from_config
 
-    spec = get_spec(model) if isinstance(model, str) else model
+    spec, config, default = _spec_to_load(model, config, weights)
     if config is not None:
         if spec.any_rate:
             raise UsageError(f"--config: model '{spec.name}' is a built-in separator and takes no config")
@@ -302,7 +478,7 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
     if spec.any_rate:
         if weights is not None:
             raise UsageError(f"--weights: model '{spec.name}' has no weights (it is a built-in separator)")
-        return Separator(spec, device=device)
+        return spec, [], None
     try:
         builder(spec.family)
     except ModelError as exc:
@@ -318,11 +494,17 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
         if not paths[0].is_file():
             raise UsageError(f"--weights {weights}: no such file")
     else:
-        paths = hub.fetch_model(spec, offline=offline, progress=progress)
+        try:
+            paths = hub.fetch_model(spec, offline=offline, progress=progress)
+        except WeightsError as exc:
+            if not default:
+                raise
+            raise WeightsError(f"{exc} ({spec.name} is the default model; pass --model to choose another)") from exc
 
     modules = []
     stems = spec.stems
     for path in paths:
+        log.debug("loading %s", path)
         loaded = checkpoint.load_checkpoint(path)
         # A checkpoint that records how it was built (a demucs package's kwargs) is authoritative.
         model_config, own_stems = checkpoint_config(spec, loaded.kwargs)
@@ -347,8 +529,8 @@ def load_separator(model: str | ModelSpec, *, device: str = "auto", weights: str
             raise ModelError(f"models.toml: model '{spec.name}': bag_weights must be {len(modules)} rows of "
                              f"{len(spec.stems)} weights")
         contract = run_contract(spec, modules[0])
-        return Separator(spec, device=device, modules=[_WeightedBag(modules, bag_weights)], contract=contract)
-    return Separator(spec, device=device, modules=modules)
+        return spec, [_WeightedBag(modules, bag_weights)], contract
+    return spec, modules, None
 
 
 def _registry_own(spec: ModelSpec) -> bool:
@@ -613,24 +795,33 @@ def _notes(separator: Separator, plan: StemPlan) -> list[str]:
     return notes + list(plan.notes)
 
 
+def _separator(model: str | ModelSpec | Separator, settings: Settings | None) -> Separator:
+    """`model` as a Separator; a stem selection the model cannot give fails before its weights load."""
+    if isinstance(model, Separator):
+        return model
+    spec = get_spec(model) if isinstance(model, str) else model
+    if settings is not None:
+        plan_stems(model_stem_names(spec), settings, spec.name)
+    return Separator(spec, device=settings.device if settings else "auto")
+
+
 def separate(
     audio: torch.Tensor,
     rate: int,
     model: str | ModelSpec | Separator,
-    resampler: str = "auto",
+    resampler: str | None = None,
     *,
     settings: Settings | None = None,
     progress: ProgressCallback | None = None,
 ) -> Separation:
     """Separate `audio` (channels, samples) at `rate`; stems come back at `rate` with the input's
-    channel count and length. `resampler` overrides `settings.resampler`. The same flow as
-    `separate_file`, on a tensor held in memory; `settings` selects the stems returned
-    (`Settings.stems`, `two_stems`, `other_method`)."""
-    settings = replace(settings or Settings(), resampler=resampler)
-    if not isinstance(model, Separator):  # a selection the model cannot give fails before its weights load
-        spec = get_spec(model) if isinstance(model, str) else model
-        plan_stems(model_stem_names(spec), settings, spec.name)
-    separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
+    channel count and length. `settings` defaults to the Separator's own; `resampler` overrides
+    its `resampler`. The same flow as `separate_file`, on a tensor held in memory; `settings`
+    selects the stems returned (`Settings.stems`, `two_stems`, `other_method`)."""
+    separator = _separator(model, settings)
+    settings = settings or separator.settings
+    if resampler is not None:
+        settings = replace(settings, resampler=resampler)
     if audio.dim() == 1:
         audio = audio.unsqueeze(0)
     if audio.dim() != 2 or audio.shape[-1] == 0:
@@ -662,11 +853,14 @@ def _pick_strategy(requested: str, input_rate: int, model_rate: int) -> tuple[st
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Where and how stems are written. `format` wav, flac, mp3, ogg or opus; `bits` 16, 24 or
-    32 for wav and flac (None: 16), never for the lossy formats; `bitrate` kbps for mp3 (None:
-    the highest the rate allows); `quality` 0 to 10 for ogg and opus (None: the encoder's
-    default). See `audio.encoder_options`. A format that cannot hold the input's rate (mp3,
-    opus) gets the stems at the nearest rate it holds (`audio.writable_rate`), with a note."""
+    """Where and how stems are written: `out` is the folder the `filename` template fills
+    (`Separator.separate_file` puts `out/<model>` here). `format` wav, flac, mp3, ogg or opus;
+    `bits` 16, 24 or 32 for wav and flac (None: 16), never for the lossy formats; `bitrate` kbps
+    for mp3 (None: the highest the rate allows); `quality` 0 to 10 for ogg and opus (None: the
+    encoder's default), see `audio.encoder_options`. A format that cannot hold the input's rate
+    (mp3, opus) gets the stems at the nearest rate it holds (`audio.writable_rate`), with a note.
+    `clip`: what to do with samples beyond full scale; `overwrite` existing stems; `downmix`
+    inputs with more than two channels to stereo. Checked when made (UsageError)."""
 
     out: Path = Path("separated")
     filename: str = "{track}/{stem}.{ext}"
@@ -678,11 +872,21 @@ class OutputOptions:
     bitrate: int | None = None
     quality: float | None = None
 
+    def __post_init__(self) -> None:
+        audio_io.check_encoding(self.format, bits=self.bits, bitrate=self.bitrate, quality=self.quality)
+        audio_io.check_template(self.filename, ext=self.format)
+        if self.clip not in audio_io.CLIP_MODES:
+            raise UsageError(f"--clip {self.clip}: use one of {', '.join(audio_io.CLIP_MODES)}")
+
 
 @dataclass
 class FileResult:
+    """What became of one input file: `status` "done" (its stems are `outputs`), "skipped"
+    (`notes` say why; `busy` when another run was writing them) or "failed" (`error`, from
+    `separate_files`); the rates, the resampler and why it was chosen, the input's bandwidth."""
+
     path: Path
-    status: str  # "done" | "skipped"
+    status: str  # "done" | "skipped" | "failed"
     input_rate: int = 0
     model_rate: int = 0
     strategy: str = ""
@@ -694,6 +898,17 @@ class FileResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     busy: bool = False  # skipped because another run was writing the same stems
+    error: str = ""  # why it failed
+
+    def summary(self) -> list[str]:
+        """A done file in words: its rate and bandwidth, the model's rate, the resampler and why,
+        where the stems went and which; then a line per stem with clipped samples and per note."""
+        folder = os.path.commonpath([str(p.parent) for p in self.outputs]) if self.outputs else ""
+        return ([f"{self.path}: {self.input_rate} Hz (bandwidth {self.bandwidth_hz / 1000:.1f} kHz) -> model at "
+                 f"{self.model_rate} Hz, resampler {self.strategy} ({self.reason}) -> {folder} "
+                 f"({', '.join(self.stems)})"]
+                + [f"  {stem}: {count} samples were beyond full scale (handled by --clip)"
+                   for stem, count in self.clipped.items()] + [f"  note: {note}" for note in self.notes])
 
 
 def file_resampler(separator: Separator, settings: Settings, rate: int) -> str:
@@ -793,8 +1008,8 @@ def separate_file(
     path: str | os.PathLike,
     model: str | Separator,
     *,
-    output: OutputOptions = OutputOptions(),
-    settings: Settings = Settings(),
+    output: OutputOptions | None = None,
+    settings: Settings | None = None,
     progress: ProgressCallback | None = None,
     block_frames: int = audio_io.BLOCK_FRAMES,
     track: str | None = None,
@@ -810,10 +1025,9 @@ def separate_file(
     (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note."""
     started = time.perf_counter()
     path = Path(path)
-    if not isinstance(model, Separator):  # a selection the model cannot give fails before its weights load
-        spec = get_spec(model)
-        plan_stems(model_stem_names(spec), settings, spec.name)
-    separator = model if isinstance(model, Separator) else load_separator(model, device=settings.device)
+    separator = _separator(model, settings)
+    settings = settings or separator.settings
+    output = output or OutputOptions()
     audio_io.check_encoding(output.format, bits=output.bits, bitrate=output.bitrate,  # before any work
                             quality=output.quality)
     info = audio_io.check_input(path, downmix=output.downmix)  # its rate names the {resampler}
@@ -853,6 +1067,9 @@ def separate_file(
         # A model that runs at the input's own rate is built for this file's rate: the file is the cause.
         raise AudioError(f"{path}: model '{separator.name}' cannot separate a file sampled at {info.rate} Hz "
                          f"({exc}); resample the file first") from exc
+    log.debug("%s: %d Hz -> %s at %d Hz with resampler %s (%s); %d chunks of %s samples, %s style", path,
+              info.rate, separator.name, flow.model_rate, flow.strategy, flow.reason, flow.total_chunks,
+              flow.contract.segment, flow.contract.style)
     write_rate = audio_io.writable_rate(output.format, info.rate)
     notes = (_notes(separator, flow.plan) + _format_notes(output, info.rate, write_rate)
              + ([length_note] if length_note else []))
@@ -900,11 +1117,31 @@ def _format_notes(output: OutputOptions, input_rate: int, write_rate: int) -> li
 
 
 def describe(result: FileResult) -> dict[str, Any]:
-    """A plain-data summary (for --json and sidecars)."""
+    """A plain-data summary of one file's result (the fields of `separate --json` and of each line
+    of `batch --json`)."""
     return {
         "file": str(result.path), "status": result.status, "input_rate": result.input_rate,
         "model_rate": result.model_rate, "resampler": result.strategy, "reason": result.reason,
         "bandwidth_hz": round(result.bandwidth_hz, 1), "stems": list(result.stems),
         "outputs": [str(p) for p in result.outputs],
         "clipped_samples": result.clipped, "notes": result.notes, "seconds": round(result.seconds, 3),
+        "error": result.error or None,
+    }
+
+
+def describe_input(path: str | os.PathLike, model: str | ModelSpec = DEFAULT_MODEL) -> dict[str, Any]:
+    """What `sfsep info` reports about a file: its rate, channels, duration, format, effective
+    bandwidth, and the model rate and resampler `auto` would use with `model` (nothing is loaded)."""
+    from .resample import choose_strategy
+
+    spec = get_spec(model) if isinstance(model, str) else model
+    details = audio_io.inspect(path)
+    audio, rate = audio_io.read(path, downmix=True, max_channels=max(2, details.channels))
+    model_rate = spec.model_rate(rate)
+    strategy, reason = choose_strategy(rate, model_rate)
+    return {
+        "file": str(path), "rate": rate, "channels": details.channels,
+        "duration_s": round(details.duration, 3), "format": details.format, "subtype": details.subtype,
+        "bandwidth_hz": round(audio_io.effective_bandwidth(audio, rate), 1), "nyquist_hz": rate / 2,
+        "model": spec.name, "model_rate": model_rate, "resampler": strategy, "reason": reason,
     }

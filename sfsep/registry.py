@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UnknownModelError, UsageError
 
 DEFAULT_MODEL = "htdemucs"
 """The model `sfsep FILE` uses when --model is not given: demucs' own default, what its users
@@ -340,7 +340,10 @@ def _registry_at(path: str | None) -> dict[str, ModelSpec]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec of a model by name or alias; a ModelError that lists the known names otherwise."""
+    """The spec of a model by name or alias; otherwise an UnknownModelError (a usage error) that
+    suggests the closest names and lists the known ones."""
+    import difflib
+
     models = registry()
     if name in models:
         return models[name]
@@ -348,7 +351,10 @@ def get_spec(name: str) -> ModelSpec:
         if name in spec.aliases:
             return spec
     known = ", ".join(sorted(models))
-    raise ModelError(f"unknown model '{name}' (known: {known}; `sfsep models` lists them)")
+    names = list(models) + [alias for spec in models.values() for alias in spec.aliases]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+    raise UnknownModelError(f"unknown model '{name}'{hint} (known: {known}; `sfsep models` lists them)")
 
 
 # --------------------------------------------------------------------------------------------

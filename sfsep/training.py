@@ -35,6 +35,7 @@ settings and curves.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,8 @@ from .resample.trainable import (
     kernel_path,
     save_kernel,
 )
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """(mixture (B, C, T), references (B, S, C, T)), both at the input rate."""
@@ -126,6 +129,13 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     fit: dict[str, float] = field(default_factory=dict)  # initial fit error to the windowed sinc
+
+    def summary(self) -> list[str]:
+        """What a run achieved, in two lines: the initial fit, and the validation loss before and after."""
+        return [f"initial fit to the windowed sinc: max error {self.fit['max_abs']:.2e}, rms {self.fit['rms']:.2e}",
+                f"validation loss {self.valid_curve[0]:.4e} before training, {self.valid_curve[self.best_epoch]:.4e} "
+                f"at best epoch {self.best_epoch} of {len(self.train_curve)}"
+                f"{' (stopped early)' if self.stopped_early else ''}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +317,7 @@ def train_kernel(separate_fn: SeparateFn, train_batch: Callable[[torch.Generator
     best_state = copy.deepcopy(kernel.state_dict())
     best_epoch, stale, stopped_early = 0, 0, False
     valid_curve, train_curve = [best], []
+    log.info("epoch 0: validation loss %.4e", best)
     report(TrainProgress("valid", 0, settings.epochs, 0, settings.steps_per_epoch, valid_loss=best,
                          best_valid_loss=best))
     with torch.enable_grad():
@@ -331,6 +342,7 @@ def train_kernel(separate_fn: SeparateFn, train_batch: Callable[[torch.Generator
                 best_state = copy.deepcopy(kernel.state_dict())
             else:
                 stale += 1
+            log.info("epoch %d: validation loss %.4e", epoch, current)
             report(TrainProgress("valid", epoch, settings.epochs, settings.steps_per_epoch,
                                  settings.steps_per_epoch, train_loss=train_curve[-1], valid_loss=current,
                                  best_valid_loss=best))
@@ -349,19 +361,30 @@ def train_kernel(separate_fn: SeparateFn, train_batch: Callable[[torch.Generator
 def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: TrainSettings, *,
                            device: str = "auto", offline: bool = False, output: str | os.PathLike | None = None,
                            progress: ProgressFn | None = None) -> tuple[Path, TrainResult]:
-    """`sfsep train-kernel`: train a kernel for a model (name or Separator) and input rate; save it.
+    """`sfsep train-kernel`: train a kernel for a model (a name, a ModelChoice or a loaded Separator)
+    and input rate; save it. A model without a trained rate is refused before any weights are
+    looked for; a weights error does not suggest the weightless classical models.
 
     Returns the path written (`output`, default ``<cache>/kernels/<model>/<rate>.pt``) and the result.
     """
+    from . import hub
+    from .errors import WeightsError
     from .evaluate.musdb import SOURCES, list_tracks
-    from .pipeline import Separator, load_separator
+    from .pipeline import ModelChoice, Separator
 
     settings.check()
-    separator = model if isinstance(model, Separator) else load_separator(model, device=device, offline=offline)
-    spec = separator.spec
-    if spec.any_rate:
+    if isinstance(model, str):
+        model = ModelChoice(model, device=device, offline=offline)
+    spec = model.spec if isinstance(model, Separator) else model.spec()
+    if spec.any_rate:  # before any weights are looked for
         raise UsageError(f"--model {spec.name}: this separator runs at any input rate, so nothing is resampled "
                          f"and there is no kernel to train; pick a model with a trained rate")
+    try:
+        separator = model if isinstance(model, Separator) else model.load()
+    except WeightsError as exc:  # the usual fallback, a model without weights, has no kernel to train
+        raise WeightsError(str(exc).replace(hub.CLASSIC_HINT, "") + "; train-kernel needs a model with "
+                           "weights: fetch them first (`sfsep fetch " + spec.name + "`)") from exc
+    spec = separator.spec
     trained_rate = spec.trained_rate
     if settings.rate >= trained_rate:
         raise UsageError(f"--rate {settings.rate}: the kernel upsamples inputs below the model's {trained_rate} Hz; "
@@ -388,7 +411,9 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
                                     predicted=spec.stems, residual=residual, wanted=wanted)
     low_length = low_rate_length(model_length, settings.rate, trained_rate)
     train = MusdbSegments(list_tracks(musdb, "train"), settings.rate, low_length, wanted)
-    valid = MusdbSegments(list_tracks(musdb, "valid"), settings.rate, low_length, wanted)
+    valid = MusdbSegments(list_tracks(musdb, "valid", no_valid_hint="train-kernel validates on them: add them "
+                                     "to the train folder (it uses the other train tracks for training)"),
+                          settings.rate, low_length, wanted)
     valid_batches = valid.fixed_batches(settings.valid_segments, settings.batch_size)
     result = train_kernel(separate_fn, lambda generator: train.random_batch(settings.batch_size, generator), valid_batches,
                           trained_rate=trained_rate, model_length=model_length, settings=settings,

@@ -142,6 +142,8 @@ def list_tracks(
     subset: str = "test",
     tracks: int | None = None,
     track: str | Sequence[str] | None = None,
+    *,
+    no_valid_hint: str = "use --subset train or test",
 ) -> list[MusdbTrack]:
     """Tracks of `subset` ("test", "train" or "valid"), sorted by name.
 
@@ -163,7 +165,7 @@ def list_tracks(
         if not names:
             raise DatasetError(
                 f"{root / 'train'} holds none of musdb's 14 validation tracks (e.g. "
-                f"{VALIDATION_TRACKS[0]!r}); use --subset train or test"
+                f"{VALIDATION_TRACKS[0]!r}); {no_valid_hint}"
             )
 
     if track is not None:

@@ -328,3 +328,16 @@ def plot_sdr_vs_rate(summary: Summary, path: str | os.PathLike) -> Path | None:
     finally:
         plt.close(figure)
     return path
+
+
+def closing_lines(summary: Summary, run, folder: Path, written: dict[str, Path]) -> list[str]:
+    """What `sfsep eval` says after its table: the notes, what was computed or reused, the files
+    written (the museval folder only when BSSEval was computed) and how to get the plot."""
+    museval = f"; per-track museval JSON under {folder / 'museval'}" if "bsseval" in run.metrics else ""
+    lines = [f"note: {note}" for note in summary.notes]
+    lines.append(f"{run.computed} result(s) computed, {run.skipped} reused (--force recomputes) in {run.seconds:.1f} s"
+                 f"{museval}")
+    lines.append("wrote " + ", ".join(str(path) for path in written.values()))
+    if "sdr_vs_rate.png" not in written:
+        lines.append("(no plot: install the plot extra, pip install 'sfsep[plot]', for sdr_vs_rate.png)")
+    return lines

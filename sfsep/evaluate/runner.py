@@ -67,7 +67,7 @@ from sfsep.errors import ModelError, UsageError
 from sfsep.evaluate.bsseval import SilentSourceError, TrackScores, bss_eval_v4
 from sfsep.evaluate.metrics import si_sdr, utterance_sdr
 from sfsep.evaluate.musdb import MUSDB_RATE, SOURCES, MusdbTrack
-from sfsep.pipeline import Separator, Settings, separate
+from sfsep.pipeline import ModelChoice, Separator, Settings, separate
 from sfsep.resample import METHODS, resample
 
 __all__ = [
@@ -111,11 +111,16 @@ _RANDOM_RESAMPLERS = ("noisy", "noise")
 # Options
 
 
-def parse_rates(value: str | Sequence[int] | None) -> tuple[int, ...]:
-    """'8000,16000' (or a sequence) -> sorted unique rates, each in (0, 44100]."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return DEFAULT_RATES
-    items = value.split(",") if isinstance(value, str) else list(value)
+def parse_rates(value: str | Sequence[int] | None, *, maximum: int | None = MUSDB_RATE,
+                default: tuple[int, ...] | None = DEFAULT_RATES) -> tuple[int, ...]:
+    """'8000,16000' (or a sequence) -> sorted unique rates in Hz, each positive and at most
+    `maximum` (MUSDB18-HQ's rate by default, since `eval` only brings it down; None: no bound).
+    Nothing given: `default`, or a UsageError when there is none. sfsep's one --rates parser."""
+    if value is None or (isinstance(value, str) and not value.strip(",  ")):
+        if default is None:
+            raise UsageError("--rates: give at least one rate (e.g. 8000,16000)")
+        return default
+    items = [item for item in value.split(",") if item.strip()] if isinstance(value, str) else list(value)
     rates = []
     for item in items:
         text = str(item).strip()
@@ -123,9 +128,11 @@ def parse_rates(value: str | Sequence[int] | None) -> tuple[int, ...]:
             rate = int(text)
         except ValueError:
             raise UsageError(f"--rates: {text!r} is not a whole number of Hz (e.g. --rates 8000,16000,44100)")
-        if rate <= 0 or rate > MUSDB_RATE:
-            raise UsageError(f"--rates: {rate} Hz is out of range; MUSDB18-HQ is {MUSDB_RATE} Hz and is only "
-                             f"brought down, so rates must be between 1 and {MUSDB_RATE}")
+        if rate <= 0:
+            raise UsageError(f"--rates: {rate} Hz is not a sampling rate; give positive whole numbers of Hz")
+        if maximum is not None and rate > maximum:
+            raise UsageError(f"--rates: {rate} Hz is out of range; MUSDB18-HQ is {maximum} Hz and is only "
+                             f"brought down, so rates must be between 1 and {maximum}")
         rates.append(rate)
     return tuple(sorted(set(rates)))
 
@@ -429,6 +436,32 @@ def evaluate(
                 progress(EvalProgress(done, total, cell, "done"))
     run.seconds = time.perf_counter() - started
     return run
+
+
+def evaluate_model(model: Separator | ModelChoice, musdb: str | os.PathLike | None, out: str | os.PathLike, *,
+                   subset: str = "test", tracks: int | None = None, track: str | Sequence[str] | None = None,
+                   rates: str | Sequence[int] | None = None, resamplers: str | Sequence[str] | None = None,
+                   metrics: str | Sequence[str] | None = None, settings: Settings | None = None, seed: int = 0,
+                   force: bool = False, progress: Callable[[EvalProgress], None] | None = None,
+                   chunk_progress: Callable[[int, int], None] | None = None) -> tuple[EvalRun, Path]:
+    """`sfsep eval`: the options are checked, then the model's name, then the dataset, all before
+    the model is loaded (a ModelChoice is loaded here); results go to out/<model>. Returns the run
+    and that folder. See `evaluate` for the rest."""
+    from .musdb import list_tracks
+
+    rates, resamplers, metrics = parse_rates(rates), parse_resamplers(resamplers), parse_metrics(metrics)
+    if isinstance(model, ModelChoice):
+        model.spec()
+    selected = list_tracks(musdb, subset, tracks=tracks, track=track)
+    separator = model if isinstance(model, Separator) else model.load()
+    model_id = separator.name
+    if isinstance(model, ModelChoice):
+        model_id += (f" (weights {model.weights})" if model.weights else "") + (
+            f" (config {model.config})" if model.config else "")
+    folder = Path(out) / separator.name
+    return evaluate(separator, selected, folder, rates=rates, resamplers=resamplers, metrics=metrics,
+                    settings=settings, seed=seed, force=force, model_id=model_id, progress=progress,
+                    chunk_progress=chunk_progress), folder
 
 
 class _TrackAudio:
