@@ -107,3 +107,21 @@ def wav_file(tmp_path):
         return path
 
     return make
+
+
+def one_line_error(result: CliResult, *fragments: str, code: int | None = None) -> str:
+    """Assert that a CLI run failed (with `code` when given) and printed exactly one line on
+    stderr, an "error: " line holding every fragment; returns that line."""
+    assert result.code != 0 if code is None else result.code == code, result
+    lines = [line for line in result.err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def files_below(folder: Path) -> list[Path]:
+    """Every file under `folder` (none when it does not exist)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+

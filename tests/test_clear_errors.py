@@ -13,20 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-
-def _one_line_error(result, *fragments):
-    assert result.code != 0, result
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-def _files_below(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+from conftest import files_below, one_line_error
 
 
 LONG = "a" * 300
@@ -40,22 +27,22 @@ def test_a_name_too_long_for_the_file_system_is_one_line(run_cli, wav_file, tmp_
     song = wav_file("song.wav")
     missing = tmp_path / f"{LONG}.wav"
     for args in (("separate", missing, "--model", "classic", "--out", tmp_path / "o"), ("info", missing)):
-        _one_line_error(run_cli(*args), f"{LONG}.wav: cannot be read", "304 bytes long",
+        one_line_error(run_cli(*args), f"{LONG}.wav: cannot be read", "304 bytes long",
                         "the file system takes at most 255")
     out = tmp_path / "o"
-    _one_line_error(run_cli(song, "--model", "classic", "--out", out / LONG), "cannot be written",
+    one_line_error(run_cli(song, "--model", "classic", "--out", out / LONG), "cannot be written",
                     "300 bytes long", "shorten --out, --filename")
-    _one_line_error(run_cli(song, "--model", "classic", "--out", out, "--filename", "{track}/{stem}" + LONG + ".{ext}"),
+    one_line_error(run_cli(song, "--model", "classic", "--out", out, "--filename", "{track}/{stem}" + LONG + ".{ext}"),
                     "310 bytes long")
     result = run_cli("batch", tmp_path / LONG, "--model", "classic", "--out", out)
-    _one_line_error(result, "300 bytes long")
+    one_line_error(result, "300 bytes long")
     music = tmp_path / "music"
     music.mkdir()
     (music / "song.wav").write_bytes(song.read_bytes())
     result = run_cli("batch", music, "--model", "classic", "--out", out / LONG)
     assert result.code == 1 and "Traceback" not in result.err + result.out, result
     assert "300 bytes long" in result.err + result.out
-    assert _files_below(out) == []
+    assert files_below(out) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +107,7 @@ def test_a_read_only_cache_is_one_line_in_fetch_and_separate(run_cli, wav_file, 
     monkeypatch.setenv("SFSEP_CACHE", str(cache))
     read_only(cache)
     for args in (("fetch", "tiny"), (wav_file("song.wav"), "--model", "tiny", "--out", tmp_path / "o")):
-        _one_line_error(run_cli(*args), f"{cache}", "cannot write the weights of model 'tiny'",
+        one_line_error(run_cli(*args), f"{cache}", "cannot write the weights of model 'tiny'",
                         "read-only", "SFSEP_CACHE")
     assert not (tmp_path / "o").exists()
 
@@ -155,8 +142,8 @@ def test_a_full_disk_says_no_space_is_left(run_cli, wav_file, tmp_path, monkeypa
 
     monkeypatch.setattr(sf.SoundFile, "__init__", to_full_device)
     out = tmp_path / "out"
-    _one_line_error(run_cli(song, "--model", "classic", "--out", out), "no space left on the device")
-    assert _files_below(out) == []
+    one_line_error(run_cli(song, "--model", "classic", "--out", out), "no space left on the device")
+    assert files_below(out) == []
 
 
 def _limit_file_size() -> None:
@@ -177,7 +164,7 @@ def test_a_file_size_limit_reached_while_writing_says_no_space_is_left(wav_file,
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "no space left" in lines[0] and "ulimit -f" in lines[0], lines
-    assert _files_below(out) == []
+    assert files_below(out) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +176,7 @@ def test_classic_on_a_1_hz_file_names_the_file(run_cli, tmp_path):
     sf.write(path, np.zeros((16, 2), np.float32), 1)
     for model in ("classic", "nmf"):
         result = run_cli(path, "--model", model, "--out", tmp_path / "o")
-        _one_line_error(result, f"{path}: model '{model}' cannot separate a file sampled at 1 Hz", "1000 Hz")
+        one_line_error(result, f"{path}: model '{model}' cannot separate a file sampled at 1 Hz", "1000 Hz")
     assert not (tmp_path / "o").exists()
 
 
@@ -212,10 +199,10 @@ def test_a_truncated_mp3_is_refused_with_its_name(run_cli, tmp_path):
     cut.write_bytes(content[: len(content) // 2])
     assert sf.info(cut).frames == 132300  # the header still declares the whole length
     out = tmp_path / "out"
-    line = _one_line_error(run_cli(cut, "--model", "classic", "--out", out), f"{cut}: the file is truncated",
+    line = one_line_error(run_cli(cut, "--model", "classic", "--out", out), f"{cut}: the file is truncated",
                            "but its header declares 132300", "re-export or re-download it")
     assert "decodes to 6" in line  # about 46% of it
-    assert _files_below(out) == []
+    assert files_below(out) == []
     from sfsep import audio
     from sfsep.errors import AudioError
 
@@ -259,7 +246,7 @@ def test_nan_or_inf_in_a_reference_is_an_error_naming_the_file(run_cli, tmp_path
     out = tmp_path / "results"
     result = run_cli("eval", "--musdb", tmp_path / "musdb", "--model", "classic", "--rates", "8000",
                      "--out", out)
-    _one_line_error(result, f"{bad}: the {stem} reference contains 1 NaN or infinite samples", "0.50 s")
+    one_line_error(result, f"{bad}: the {stem} reference contains 1 NaN or infinite samples", "0.50 s")
     assert result.code == 1
     assert not (out / "classic" / "table.csv").exists()
 
@@ -277,5 +264,5 @@ def test_a_header_claiming_2_31_hz_is_refused_before_any_analysis(run_cli, wav_f
     damaged = tmp_path / "damaged.wav"
     damaged.write_bytes(bytes(content))
     for args in (("info", damaged), (damaged, "--model", "classic", "--out", tmp_path / "o")):
-        _one_line_error(run_cli(*args), f"{damaged}: its header gives a sampling rate of 2147483647 Hz",
+        one_line_error(run_cli(*args), f"{damaged}: its header gives a sampling rate of 2147483647 Hz",
                         "at most 1000000 Hz")

@@ -9,19 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-
-def _one_line_error(result, *fragments):
-    assert result.code != 0, result
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-def _files_below(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+from conftest import files_below, one_line_error
 
 
 def test_separate_writes_stems_at_input_rate(run_cli, wav_file, tmp_path):
@@ -85,28 +73,28 @@ def test_extreme_rates_work(run_cli, wav_file, tmp_path, rate):
 
 def test_bad_inputs_give_one_line_errors_and_write_nothing(run_cli, wav_file, tmp_path):
     out = tmp_path / "out"
-    _one_line_error(run_cli(tmp_path / "missing.wav", "--out", out), "missing.wav", "no such file")
+    one_line_error(run_cli(tmp_path / "missing.wav", "--out", out), "missing.wav", "no such file")
     folder = tmp_path / "folder"
     folder.mkdir()
-    _one_line_error(run_cli("separate", folder, "--out", out), "folder", "is a folder")
+    one_line_error(run_cli("separate", folder, "--out", out), "folder", "is a folder")
     text = tmp_path / "readme.wav"
     text.write_text("plain text, not audio\n" * 30)
-    _one_line_error(run_cli(text, "--out", out), "readme.wav", "not an audio file")
+    one_line_error(run_cli(text, "--out", out), "readme.wav", "not an audio file")
     whole = wav_file("whole.wav", rate=44100)
     cut = tmp_path / "cut.wav"
     cut.write_bytes(whole.read_bytes()[:30000])
-    _one_line_error(run_cli(cut, "--out", out), "cut.wav", "truncated")
+    one_line_error(run_cli(cut, "--out", out), "cut.wav", "truncated")
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    _one_line_error(run_cli(empty, "--out", out), "empty.wav", "empty")
+    one_line_error(run_cli(empty, "--out", out), "empty.wav", "empty")
     data = np.zeros((4000, 2), np.float32)
     data[100, 1] = np.nan
     nan_file = wav_file("nan.wav", data=data, subtype="FLOAT")
-    _one_line_error(run_cli(nan_file, "-n", "classic", "--out", out), "nan.wav", "NaN")  # found when decoding
+    one_line_error(run_cli(nan_file, "-n", "classic", "--out", out), "nan.wav", "NaN")  # found when decoding
     six = wav_file("six.wav", channels=6)
-    _one_line_error(run_cli(six, "--out", out), "six.wav", "--downmix")
-    _one_line_error(run_cli(whole, "--out", out, "--model", "nope"), "unknown model 'nope'", "classic", "nmf")
-    assert _files_below(out) == []
+    one_line_error(run_cli(six, "--out", out), "six.wav", "--downmix")
+    one_line_error(run_cli(whole, "--out", out, "--model", "nope"), "unknown model 'nope'", "classic", "nmf")
+    assert files_below(out) == []
     assert run_cli(six, "--model", "classic", "--out", out, "--downmix").code == 0
     assert sf.info(out / "classic" / "six" / "vocals.wav").channels == 2
 
@@ -115,17 +103,17 @@ def test_unwritable_output_folder(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    _one_line_error(run_cli(song, "--model", "classic", "--out", blocker / "sub"), "cannot be written")
+    one_line_error(run_cli(song, "--model", "classic", "--out", blocker / "sub"), "cannot be written")
 
 
 def test_usage_errors_exit_2(run_cli, wav_file, tmp_path):
     song = wav_file("song.wav")
     result = run_cli(song, "--out", tmp_path, "--format", "flac", "--bits", "32")
-    _one_line_error(result, "--bits 32")
+    one_line_error(result, "--bits 32")
     assert result.code == 2
     assert run_cli(song, "--resampler", "cubic", "--out", tmp_path).code == 2
     assert run_cli("separate", "--no-such-flag", song).code == 2
-    assert _files_below(tmp_path) == [song]
+    assert files_below(tmp_path) == [song]
 
 
 def test_batch_reports_failures_and_keeps_going(run_cli, wav_file, tmp_path):
@@ -149,8 +137,8 @@ def test_batch_reports_failures_and_keeps_going(run_cli, wav_file, tmp_path):
 
 def test_batch_without_recursion_and_bad_folder(run_cli, wav_file, tmp_path):
     wav_file("music/sub/b.wav")
-    _one_line_error(run_cli("batch", tmp_path / "music", "-n", "classic", "--out", tmp_path / "o"), "no audio files", "-R")
-    _one_line_error(run_cli("batch", tmp_path / "nothing"), "no such folder")
+    one_line_error(run_cli("batch", tmp_path / "music", "-n", "classic", "--out", tmp_path / "o"), "no audio files", "-R")
+    one_line_error(run_cli("batch", tmp_path / "nothing"), "no such folder")
 
 
 def test_info_reports_rate_bandwidth_and_strategy(run_cli, wav_file, tmp_path):
@@ -201,14 +189,14 @@ def test_default_model_is_htdemucs_and_its_missing_weights_suggest_classic(run_c
     monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
     song = wav_file("song.wav")
     result = run_cli(song, "--offline", "--out", tmp_path / "o")
-    _one_line_error(result, "htdemucs", "not cached", "sfsep fetch htdemucs", "--model classic", "default model")
+    one_line_error(result, "htdemucs", "not cached", "sfsep fetch htdemucs", "--model classic", "default model")
     assert not (tmp_path / "o").exists()
 
 
 def test_bad_file_reported_before_any_model_is_loaded(run_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("SFSEP_CACHE", str(tmp_path / "cache"))
     # htdemucs has no weights here: the missing file must be what the user hears about
-    _one_line_error(run_cli(tmp_path / "gone.wav", "--offline"), "gone.wav", "no such file")
+    one_line_error(run_cli(tmp_path / "gone.wav", "--offline"), "gone.wav", "no such file")
 
 
 def test_shifts_option_validation(run_cli, wav_file, tmp_path):
@@ -240,6 +228,6 @@ def test_neural_model_end_to_end_at_8k_with_noisy_kernel(run_cli, wav_file, tmp_
     assert stems == ["drums.wav", "vocals.wav"]
     info = sf.info(out / "scnet" / "phone" / "vocals.wav")
     assert info.samplerate == 8000 and info.frames == 4000
-    _one_line_error(run_cli(song, "--model", "scnet", "--weights", ckpt, "--config", config, "--out",
+    one_line_error(run_cli(song, "--model", "scnet", "--weights", ckpt, "--config", config, "--out",
                             tmp_path / "none", "--resampler", "none"), "--resampler none", "8000 Hz", "44100 Hz")
     assert not (tmp_path / "none").exists()

@@ -24,26 +24,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import tone_mix
+from conftest import files_below, one_line_error, tone_mix
 from sfsep import audio
 from sfsep.errors import UsageError
 
 STEMS = ("bass", "drums", "other", "vocals")
 MAJOR = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
          "ogg": ("OGG", "VORBIS"), "opus": ("OGG", "OPUS")}
-
-
-def _one_line_error(result, *fragments):
-    assert result.code != 0, result
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-def _files_below(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def _read_back(path: Path) -> tuple[np.ndarray, int]:
@@ -95,7 +82,7 @@ def test_template_ext_and_batch_write_the_format(run_cli, wav_file, tmp_path):
     result = run_cli("batch", tmp_path / "music", "-R", "--model", "classic", "--format", "ogg", "--quality", "3",
                      "--out", out, "--filename", "{track}-{stem}.{ext}")
     assert result.code == 0, result
-    written = sorted(str(p.relative_to(out / "classic")) for p in _files_below(out))
+    written = sorted(str(p.relative_to(out / "classic")) for p in files_below(out))
     assert written == sorted([f"a-{stem}.ogg" for stem in STEMS] + [f"sub/b-{stem}.ogg" for stem in STEMS])
     data, rate = _read_back(out / "classic" / "sub" / "b-vocals.ogg")
     assert rate == 8000 and data.shape == (4000, 1)
@@ -175,9 +162,9 @@ def test_settings_that_do_not_fit_the_format_are_usage_errors(run_cli, wav_file,
     out = tmp_path / "out"
     result = run_cli(command, song if command == "separate" else song.parent, "--model", "classic",
                      "--out", out, *args)
-    _one_line_error(result, fragment)
+    one_line_error(result, fragment)
     assert result.code == 2
-    assert _files_below(out) == []
+    assert files_below(out) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,15 +289,15 @@ def test_without_pyav_the_error_names_the_file_and_the_extra(run_cli, wav_file, 
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
     out = tmp_path / "out"
     result = run_cli(song, "--model", "classic", "--out", out)
-    _one_line_error(result, "song.m4a", "pip install 'sfsep[ffmpeg]'")  # printed, not taken for markup
-    assert result.code == 1 and _files_below(out) == []
+    one_line_error(result, "song.m4a", "pip install 'sfsep[ffmpeg]'")  # printed, not taken for markup
+    assert result.code == 1 and files_below(out) == []
     result = run_cli("batch", tmp_path / "music", "--model", "classic", "--out", out)
     assert result.code == 1, result
     assert "song.m4a" in result.err and "pip install 'sfsep[ffmpeg]'" in result.err, result.err
-    assert [p.name for p in _files_below(out)] == sorted(f"{stem}.wav" for stem in STEMS)  # other.wav went on
+    assert [p.name for p in files_below(out)] == sorted(f"{stem}.wav" for stem in STEMS)  # other.wav went on
     text = tmp_path / "notes.wav"  # a libsndfile extension: not audio, whatever FFmpeg could do
     text.write_text("plain text\n" * 50)
-    _one_line_error(run_cli(text, "--out", out), "notes.wav: not an audio file that can be read")
+    one_line_error(run_cli(text, "--out", out), "notes.wav: not an audio file that can be read")
 
 
 def test_a_damaged_file_of_a_libsndfile_format_is_not_handed_to_ffmpeg(run_cli, tmp_path):
@@ -328,6 +315,6 @@ def test_a_damaged_file_of_a_libsndfile_format_is_not_handed_to_ffmpeg(run_cli, 
         sf.info(str(cut))
     out = tmp_path / "out"
     result = run_cli(str(cut), "--model", "classic", "--out", str(out))
-    _one_line_error(result, str(cut), "not an audio file that can be read")
-    assert not out.exists() or not _files_below(out)
+    one_line_error(result, str(cut), "not an audio file that can be read")
+    assert not out.exists() or not files_below(out)
     assert run_cli("info", str(cut)).code == 1

@@ -12,21 +12,13 @@ import yaml
 from parity import load_manifest, shared_dir
 from sfsep import registry
 from sfsep.errors import UsageError
+from conftest import one_line_error
 
 
 def _limits():
     from sfsep.models import limits  # imported in the tests, so that the CLI tests also run without it
 
     return limits
-
-
-def _one_line_error(result, *fragments):
-    assert result.code != 0, result
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def _config_with(model: str, path: str, value) -> dict:
@@ -83,7 +75,7 @@ def test_absurd_config_values_are_refused_before_any_build(run_cli, wav_file, tm
     song = wav_file("song.wav", rate=44100, seconds=0.2)
     result = run_cli(song, "--model", model, "--config", config, "--weights", tiny_checkpoint,
                      "--out", tmp_path / "out")
-    _one_line_error(result, f"--config {config}", *words)
+    one_line_error(result, f"--config {config}", *words)
     assert result.code == 2
     assert not (tmp_path / "out").exists()
 
@@ -97,12 +89,12 @@ def test_too_large_for_the_memory_available_names_the_field(run_cli, wav_file, t
     big = tmp_path / "big.yaml"
     big.write_text(yaml.safe_dump(_config_with("scnet", "model.num_dplayer", 200)))  # ~300M parameters
     result = run_cli(song, "--model", "scnet", "--config", big, "--weights", tiny_checkpoint, "--out", tmp_path)
-    _one_line_error(result, "model.num_dplayer = 200", "parameters", "300.0 MB available", "published models use 6")
+    one_line_error(result, "model.num_dplayer = 200", "parameters", "300.0 MB available", "published models use 6")
     # No --model: the family is guessed from the config, the same check applies.
     long_chunks = tmp_path / "long.yaml"
     long_chunks.write_text(yaml.safe_dump(_config_with("scnet", "audio.chunk_size", 44100 * 600)))
     result = run_cli(song, "--config", long_chunks, "--weights", tiny_checkpoint, "--out", tmp_path)
-    _one_line_error(result, "audio.chunk_size = 26460000", "one batch of 8 chunk(s)", "available")
+    one_line_error(result, "audio.chunk_size = 26460000", "one batch of 8 chunk(s)", "available")
 
 
 def test_a_config_that_fits_still_runs(run_cli, wav_file, tmp_path, shared, monkeypatch):
@@ -164,7 +156,7 @@ def test_an_absurd_chunk_seconds_is_refused_before_the_first_chunk(run_cli, wav_
     song = wav_file("song.wav", rate=44100, seconds=0.5)
     result = run_cli(song, "--model", "scnet", "--config", config, "--weights", checkpoint,
                      "--chunk-seconds", "1e9", "--out", tmp_path / "o")
-    _one_line_error(result, "--chunk-seconds 1e+09", "44,100,000,000,000 samples", "available",
+    one_line_error(result, "--chunk-seconds 1e+09", "44,100,000,000,000 samples", "available",
                     "use a shorter --chunk-seconds")
     assert result.code == 2 and not (tmp_path / "o").exists()
     short = wav_file("short.wav", rate=8000, seconds=0.5)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import tone_mix
+from conftest import files_below, one_line_error, tone_mix
 
 
 def _error_lines(result) -> list[str]:
@@ -15,17 +15,7 @@ def _error_lines(result) -> list[str]:
 
 
 def _one_line_error(result, code, *fragments):
-    assert result.code == code, result
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-def _files_below(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return one_line_error(result, *fragments, code=code)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +60,7 @@ def test_separate_of_several_files_refuses_a_template_without_track(run_cli, wav
     # one file needs no {track}
     single = run_cli("separate", first, "--model", "classic", "--out", out, "--filename", "{stem}.{ext}")
     assert single.code == 0, single
-    assert sorted(p.name for p in _files_below(out)) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert sorted(p.name for p in files_below(out)) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
 
 
 def _two_songs_with_one_name(folder: Path) -> tuple[Path, Path]:
@@ -127,7 +117,7 @@ def test_separate_two_inputs_with_the_same_outputs_is_refused(run_cli, tmp_path)
     result = run_cli("separate", first, second, "--model", "classic", "--out", out)
     line = _one_line_error(result, 1, "collision", str(first), str(second))
     assert "{trackext}" in line or "rename" in line
-    assert _files_below(out) == []
+    assert files_below(out) == []
 
 
 def test_an_output_that_would_replace_the_input_is_refused(run_cli, tmp_path):
@@ -139,7 +129,7 @@ def test_an_output_that_would_replace_the_input_is_refused(run_cli, tmp_path):
     result = run_cli(song, "--model", "classic", "--out", out, "--filename", "{stem}.{ext}", "--overwrite")
     _one_line_error(result, 1, "collision", str(song))
     assert song.read_bytes() == before
-    assert _files_below(out) == [song]
+    assert files_below(out) == [song]
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +148,7 @@ def test_batch_track_names_with_braces_are_data(run_cli, tmp_path):
     assert f"{len(names)} done, 0 skipped, 0 failed" in result.out
     expected = sorted(out / "classic" / Path(name).stem / f"{stem}.wav" for name in names
                       for stem in ("vocals", "drums", "bass", "other"))
-    assert _files_below(out) == expected
+    assert files_below(out) == expected
 
 
 def test_separate_track_name_with_braces_and_a_custom_template(run_cli, tmp_path):
