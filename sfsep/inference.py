@@ -284,7 +284,8 @@ class _Plan:
 
     def model_input(self, chunk: Chunk, part: torch.Tensor) -> torch.Tensor:
         """The model's input for `chunk`, from `part` = the virtual samples of `input_span`."""
-        return F.pad(part, (0, self.segment - part.shape[-1]))
+        missing = self.segment - part.shape[-1]
+        return F.pad(part, (0, missing)) if missing else part  # the batch is stacked (copied) anyway
 
     # what its output contributes ----------------------------------------------------------
     def crop_output(self, out: torch.Tensor, chunk: Chunk) -> torch.Tensor:
