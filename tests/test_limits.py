@@ -97,13 +97,19 @@ def test_too_large_for_the_memory_available_names_the_field(run_cli, wav_file, t
     one_line_error(result, "audio.chunk_size = 26460000", "one batch of 8 chunk(s)", "available")
 
 
+def _tiny_scnet_files(shared, folder):
+    """The tiny SCNet parity fixture as a user's checkpoint file and YAML config in `folder`."""
+    fixture = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
+    checkpoint = folder / "tiny.ckpt"
+    torch.save({"state_dict": fixture["state_dict"]}, checkpoint)
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(fixture["config"]))
+    return checkpoint, config
+
+
 def test_a_config_that_fits_still_runs(run_cli, wav_file, tmp_path, shared, monkeypatch):
     """The tiny SCNet fixture with a user config goes through the checks and separates."""
-    fixture = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
-    checkpoint = tmp_path / "tiny.ckpt"
-    torch.save({"state_dict": fixture["state_dict"]}, checkpoint)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(fixture["config"]))
+    checkpoint, config = _tiny_scnet_files(shared, tmp_path)
     song = wav_file("song.wav", rate=44100, seconds=0.5)
     result = run_cli(song, "--model", "scnet", "--config", config, "--weights", checkpoint, "--out", tmp_path / "o")
     assert result.code == 0, result
@@ -148,11 +154,7 @@ def test_an_absurd_chunk_seconds_is_refused_before_the_first_chunk(run_cli, wav_
     """--chunk-seconds is the command line's chunk_size: 1e9 s asked the allocator for 176 TB at
     the first chunk of the tiny SCNet (a traceback). A model that takes any length (classic) runs
     a track shorter than one chunk as it is, so the same value costs it nothing and still runs."""
-    fixture = torch.load(shared / "parity" / "scnet_tiny.pt", weights_only=True)
-    checkpoint = tmp_path / "tiny.ckpt"
-    torch.save({"state_dict": fixture["state_dict"]}, checkpoint)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(fixture["config"]))
+    checkpoint, config = _tiny_scnet_files(shared, tmp_path)
     song = wav_file("song.wav", rate=44100, seconds=0.5)
     result = run_cli(song, "--model", "scnet", "--config", config, "--weights", checkpoint,
                      "--chunk-seconds", "1e9", "--out", tmp_path / "o")
