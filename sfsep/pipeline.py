@@ -1022,7 +1022,8 @@ def separate_file(
     `stems` and `outputs` list them.
     Errors about the file are AudioError naming it; on any error (and on Ctrl-C) nothing is
     published and no existing stem is touched. While the stems are written the track is locked
-    (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note."""
+    (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note, and the
+    staged files a killed run left for this track are removed before its stems are staged again."""
     started = time.perf_counter()
     path = Path(path)
     separator = _separator(model, settings)
@@ -1081,6 +1082,8 @@ def separate_file(
         if existing and not output.overwrite:
             return FileResult(path, "skipped", info.rate,
                               notes=[f"{existing[0]} exists (use --overwrite to replace)"])
+        for leftover in lock.remove_leftovers():  # a run killed while writing this track (e.g. a Ray worker)
+            log.debug("removed %s, left by a run that was killed while writing it", leftover)
         with audio_io.StagedStems(targets, write_rate, channels, bits=output.bits, clip=output.clip,
                                   bitrate=output.bitrate, quality=output.quality) as staged:
             names = flow.plan.names
