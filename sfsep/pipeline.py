@@ -289,6 +289,21 @@ class Separator:
         return separate_files(list(paths), self, OutputOptions(out=Path(out), **output), self.settings, jobs=jobs,
                               strict=False)
 
+    def on_device(self, device: str | torch.device) -> "Separator":
+        """This separator with its model on `device` ("auto" is resolved here, where it will run):
+        what a worker process does with a separator loaded elsewhere (the Ray engine loads it on
+        the driver's CPU and ships it to its workers). The modules are moved, not copied; the
+        identity (`identity()`) stays the same."""
+        import copy
+
+        moved = copy.copy(self)
+        moved.device = resolve_device(device)
+        moved.settings = replace(self.settings, device=str(device))
+        moved._modules_by_rate = {key: [module.to(moved.device) for module in modules]
+                                  for key, modules in self._modules_by_rate.items()}
+        moved._contracts = dict(self._contracts)
+        return moved
+
     @property
     def name(self) -> str:
         return self.spec.name
