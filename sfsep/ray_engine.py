@@ -10,11 +10,11 @@ What runs where
   goes once into Ray's object store.
 - The workers: `--workers` Ray actors (`SeparationWorker`), each requesting `--cpus-per-worker`
   CPUs and `--gpus-per-worker` GPUs. Each takes the model from the object store once (its first
-  task names it there), moves it to its own device (`--device`, resolved on the worker: "auto" is the GPU Ray gave it), and
-  then runs many actor tasks: one per file (`runs.separate_one`, which reads the input and
-  publishes its stems into --out exactly as the local engine does) or one per (track, rate,
-  resampler) of `eval` (`CellJob.compute`, which returns the record to the driver). A Ray
-  `ActorPool` hands the next file or cell to whichever worker is free.
+  task names it there), moves it to its own device (`--device`, resolved on the worker: "auto"
+  is the GPU Ray gave it), and then runs many actor tasks: one per file (`runs.separate_one`,
+  which reads the input and publishes its stems into --out exactly as the local engine does) or
+  one per (track, rate, resampler) of `eval` (`CellJob.compute`, which returns the record to the
+  driver). A Ray `ActorPool` hands the next file or cell to whichever worker is free.
 So the input files, --out and the MUSDB folder must be at the same path on every node (a shared
 file system); the model need not be.
 
