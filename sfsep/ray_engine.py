@@ -78,6 +78,8 @@ KILL_HOOK = "SFSEP_TEST_KILL_WORKER"
 STOP_SECONDS = 120.0
 """After Ctrl-C, how long the driver waits for the running files or cells to stop (each stops at
 its next chunk) before it ends the workers regardless."""
+CONNECT_SECONDS = 5.0
+"""How long --address HOST:PORT may take to accept a connection before the run gives up."""
 INSTALL_HINT = "pip install 'sfsep[ray]'"
 
 
@@ -259,6 +261,8 @@ class RayEngine:
             yield
             return
         options: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
+        if self.address not in (None, "auto"):
+            _check_reachable(self.address)  # Ray itself retries an address nobody answers for minutes
         if self.address is None:
             cpus = os.cpu_count() or 1
             if self.workers is not None:
@@ -298,6 +302,22 @@ class RayEngine:
                         f"CPU and {self.gpus_per_worker:g} GPU; running {fits}")
             count = fits
         return max(1, min(count, tasks))
+
+
+def _check_reachable(address: str) -> None:
+    """A ClusterError at once when nothing accepts a connection at HOST:PORT (`ray://` or not)."""
+    import socket
+
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: give auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ClusterError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                           f"with `ray start --head` (it prints its address), or leave --address out to run on "
+                           f"this machine") from None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from conftest import files_below, one_line_error, tone_mix
+from conftest import CliResult, files_below, one_line_error, tone_mix
 from test_eval import make_musdb
 
 ENV = {**os.environ, "SFSEP_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
@@ -109,8 +109,6 @@ def test_engine_ray_without_ray_is_one_error_naming_the_extra(tmp_path, command)
     where = [str(music)] if command == "batch" else ["--musdb", str(make_musdb(tmp_path / "musdb"))]
     done = subprocess.run([sys.executable, "-c", _WITHOUT_RAY, command, *where, "--model", "classic", "--engine",
                            "ray", "--out", str(tmp_path / "out")], capture_output=True, text=True, env=ENV)
-    from conftest import CliResult
-
     one_line_error(CliResult(done.returncode, done.stdout, done.stderr), "pip install 'sfsep[ray]'", code=1)
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
@@ -129,6 +127,20 @@ def test_engine_options_that_cannot_work_are_usage_errors(run_cli, tmp_path, arg
     result = run_cli("batch", music, "--model", "classic", "--out", tmp_path / "out", *args)
     one_line_error(result, fragment, code=2)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_address_where_no_cluster_answers_is_one_error_at_once(tmp_path):
+    """Ray itself retries such an address for minutes, printing warnings."""
+    music = _music(tmp_path / "music", seconds=0.3, count=1)
+    (music / "broken.wav").unlink()
+    script = Path(sys.executable).with_name("sfsep")
+    started = time.monotonic()
+    done = subprocess.run([str(script), "batch", str(music), "--model", "classic", "--out", str(tmp_path / "out"),
+                           "--engine", "ray", "--address", "127.0.0.1:1"], capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    one_line_error(CliResult(done.returncode, done.stdout, done.stderr), "--address 127.0.0.1:1: no Ray cluster "
+                   "answers there", code=1)
+    assert time.monotonic() - started < 60 and not list((tmp_path / "out").rglob("*.wav"))
 
 
 # ----------------------------------------------------------------------------------------
