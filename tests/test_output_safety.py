@@ -243,7 +243,7 @@ def test_a_killed_run_s_staged_files_are_removed_by_the_next_run_of_that_track(t
     rate = 8000
     music = tmp_path / "music"
     music.mkdir()
-    sf.write(music / "song.wav", tone_mix(rate, 30.0, 2), rate)
+    sf.write(music / "song.wav", tone_mix(rate, 10.0, 2), rate)
     out = tmp_path / "out"
     script = Path(sys.executable).with_name("sfsep")
     command = [str(script), "batch", str(music), "--model", "classic", "--out", str(out)]
