@@ -26,6 +26,7 @@ import errno
 import itertools
 import math
 import os
+import re
 import secrets
 import shutil
 import string
@@ -877,7 +878,8 @@ class TrackLock:
     """
 
     def __init__(self, targets: Iterable[str | os.PathLike]):
-        first = min(Path(target) for target in targets)
+        self.targets = sorted(Path(target) for target in targets)
+        first = self.targets[0]
         self.path = first.parent / f".{first.name}.sfsep.lock"
         self._handle: int | None = None
         self._unsupported = fcntl is None
@@ -920,6 +922,28 @@ class TrackLock:
                 self._handle = handle
                 return True
             os.close(handle)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the staged files (`.<stem>.<random>.part.<ext>`, see `StagedStems`) of this
+        track's targets that a run killed while it held this lock left behind (SIGKILL, the OOM
+        killer, a Ray worker that died mid-file); returns them. A live run holds the lock for as
+        long as its staged files exist, so while we hold it, any such file is a dead run's. Only
+        under a real lock: where the file system refuses flock, nothing tells a dead run's files
+        from a live one's, and nothing is removed."""
+        if self._handle is None:
+            return []
+        removed = []
+        for target in self.targets:
+            pattern = re.compile(rf"\.{re.escape(target.stem)}\.[0-9a-f]{{8}}\.part\.[A-Za-z0-9]+")
+            try:
+                names = os.listdir(target.parent)
+            except OSError:
+                continue
+            for name in names:
+                if pattern.fullmatch(name):
+                    _remove(str(target.parent / name))
+                    removed.append(target.parent / name)
+        return removed
 
     def release(self) -> None:
         if self._handle is not None:

@@ -28,8 +28,8 @@ from typer import Argument as Arg, Option as Opt
 
 from . import __version__
 from .errors import SfsepError, UsageError, describe_os_error
-from .flags import (Files, Json, Model, ModelFlags, Musdb, OutputFlags, RunFlags, Seed, Sigma, Snr, TrainFlags,
-                    TuneFlags, command)
+from .flags import (EngineFlags, Files, Json, Model, ModelFlags, Musdb, OutputFlags, RunFlags, Seed, Sigma, Snr,
+                    TrainFlags, TuneFlags, command)
 from .registry import DEFAULT_MODEL
 
 DEFAULT_COMMAND = "separate"
@@ -60,7 +60,8 @@ diagnose_app = typer.Typer(help="Sampling-frequency diagnostics on your own file
                            **_TYPER)
 app.add_typer(diagnose_app, name="diagnose")
 
-_state = {"quiet": False}
+_state: dict = {"quiet": False, "stored": None}
+"""-q; and after Ctrl-C in a run that stores results as it goes, how many it stored (main prints it)."""
 _interrupted = threading.Event()
 """Set by the first Ctrl-C of a run (`_on_interrupt`): `batch`'s workers stop at their next chunk."""
 
@@ -144,9 +145,11 @@ def _main(
 def _run_files(run, names, *, json_lines: bool = False, lines: bool = True, overall: bool = False):
     """`run(stop=, started=, finished=)` with a progress bar per running file (and one counting the
     files of a batch), saying how each file fared as it ends: errors and unexpected skips on
-    stderr, done files on stdout (`lines`, not in a batch, which ends with a table), or a JSON line."""
+    stderr, done files on stdout (`lines`, not in a batch, which ends with a table), or a JSON line.
+    After Ctrl-C, main says how many files were separated and stored."""
     from .pipeline import describe
 
+    separated = []
     with _progress(enabled=lines) as bar:
         tasks, files = {}, bar.add_task("files", total=None) if overall else None
 
@@ -159,6 +162,8 @@ def _run_files(run, names, *, json_lines: bool = False, lines: bool = True, over
                 bar.remove_task(tasks.pop(result.path))
             if files is not None:
                 bar.advance(files)
+            if result.status == "done":
+                separated.append(result.path)
             detail = names.detail(result)
             if json_lines:
                 typer.echo(json.dumps(describe(result)))
@@ -169,7 +174,11 @@ def _run_files(run, names, *, json_lines: bool = False, lines: bool = True, over
             elif result.status == "done" and lines and names.root is None:
                 _say(*map(escape, result.summary()))
 
-        return run(stop=_interrupted, started=started, finished=finished)
+        try:
+            return run(stop=_interrupted, started=started, finished=finished)
+        except KeyboardInterrupt:
+            _state["stored"] = f"{len(separated)} file(s) separated and stored before it"
+            raise
 
 
 @command(app)
@@ -193,19 +202,25 @@ def separate(files: Files, model: ModelFlags, run: RunFlags, output: OutputFlags
 @command(app)
 def batch(
     folder: Annotated[Path, Arg(help="Folder of audio files.", show_default=False)],
-    model: ModelFlags, run: RunFlags, output: OutputFlags,
+    model: ModelFlags, run: RunFlags, output: OutputFlags, cluster: EngineFlags,
     recursive: Annotated[bool, Opt("--recursive", "-R", help="Include sub-folders (their layout is kept).")] = False,
     skip_existing: Annotated[bool, Opt("--skip-existing", help="Skip files whose stems exist, quietly.")] = False,
     jobs: Annotated[int, Opt("--jobs", "-j", help="Files processed in parallel (CPU).")] = 1,
     as_json: Annotated[bool, Opt("--json", help="Print a JSON object per file (JSON lines), as `separate --json` "
                                                 "does.")] = False,
 ) -> None:
-    """Separate every audio file in a folder; a failing file is reported and the batch goes on."""
+    """Separate every audio file in a folder; a failing file is reported and the batch goes on.
+
+    With --engine ray the files are separated on a Ray cluster: the folder and --out must be at
+    the same path on every node (a shared file system), since each worker reads its inputs and
+    publishes its stems there."""
     from .runs import RunReport, separate_folder
 
+    engine = cluster.choice(model.device)
     settings, options = run.settings(model.device), output.options()
     report = _run_files(lambda **hooks: separate_folder(folder, model.choice(_bars()), options, settings, recursive=recursive,
-                                                        skip_existing=skip_existing, jobs=jobs, **hooks),
+                                                        skip_existing=skip_existing, jobs=jobs, engine=engine,
+                                                        **hooks),
                         RunReport(root=folder, skip_existing=skip_existing), json_lines=as_json, lines=not as_json,
                         overall=True)
     if not as_json:
@@ -297,7 +312,7 @@ def cache(action: Annotated[str, Arg(help="path: print the cache folder; clean: 
 
 @command(app, "eval")
 def eval_command(
-    model: ModelFlags, tune: TuneFlags, musdb: Musdb = None,
+    model: ModelFlags, tune: TuneFlags, cluster: EngineFlags, musdb: Musdb = None,
     subset: Annotated[str, Opt("--subset", help="test | train | valid (musdb's 14-track validation split).")] = "test",
     tracks: Annotated[Optional[int], Opt("--tracks", help="Evaluate only the first N tracks of the subset.")] = None,
     track: Annotated[Optional[List[str]], Opt("--track", metavar="NAME", help="Evaluate this track (folder name); "
@@ -315,24 +330,38 @@ def eval_command(
                                             "the track, the rate and the resampler.")] = 0,
     as_json: Json = False,
 ) -> None:
-    """Score a model on MUSDB18-HQ at several sampling rates and resamplers (BSSEval v4, SDR, SI-SDR)."""
+    """Score a model on MUSDB18-HQ at several sampling rates and resamplers (BSSEval v4, SDR, SI-SDR).
+
+    With --engine ray each result (track, rate, resampler) is one task on a Ray cluster: the
+    MUSDB folder must be at the same path on every node; results are stored here as they
+    arrive, in the same store as the local engine's."""
     from .evaluate.report import closing_lines, rich_table, summarize, summary_document, write_all
     from .evaluate.runner import evaluate_model
 
+    engine = cluster.choice(model.device)
     with _progress(enabled=not as_json, unit="{task.fields[unit]}") as bar:
         task = bar.add_task("eval", total=None, unit="results")
         chunks = bar.add_task("separating", total=None, unit="chunks", visible=False)
+        tally = {"computed": 0, "stored": 0, "total": 0}
 
         def update(event) -> None:
             label = f"{'reused ' if event.status == 'skipped' else ''}{event.cell.track.name} @ {event.cell.rate} Hz"
             bar.update(task, completed=event.done, total=event.total,
                        description=escape(f"{label}, {event.cell.resampler}"))
             bar.update(chunks, visible=event.status == "started", completed=0, total=None)
+            tally.update(total=event.total, stored=event.done)
+            tally["computed"] += event.status == "done"
 
-        run, folder = evaluate_model(model.choice(_bars()), musdb, out, subset=subset, tracks=tracks, track=track,
-                                     rates=rates, resamplers=resamplers, metrics=metrics, seed=seed, force=force,
-                                     settings=tune.settings(model.device, seed=seed), progress=update,
-                                     chunk_progress=lambda done, total: bar.update(chunks, completed=done, total=total))
+        try:
+            run, folder = evaluate_model(model.choice(_bars()), musdb, out, subset=subset, tracks=tracks, track=track,
+                                         rates=rates, resamplers=resamplers, metrics=metrics, seed=seed, force=force,
+                                         settings=tune.settings(model.device, seed=seed), progress=update,
+                                         chunk_progress=lambda done, total: bar.update(chunks, completed=done,
+                                                                                       total=total), engine=engine)
+        except KeyboardInterrupt:
+            _state["stored"] = (f"{tally['computed']} result(s) computed and stored before it, {tally['stored']} of "
+                                f"{tally['total']} now stored; a rerun resumes from them")
+            raise
     summary = summarize(run)
     written = write_all(summary, folder)
     if as_json:
@@ -452,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     _interrupted.clear()
-    _state["quiet"] = False
+    _state.update(quiet=False, stored=None)
     log.addHandler(handler := _ConsoleHandler())
     log.setLevel(logging.INFO)
     log.propagate = False  # the library's messages are shown once, by this handler
@@ -471,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
         log.error(str(exc) if isinstance(exc, SfsepError) else describe_os_error(exc))
         code = exc.exit_code if isinstance(exc, SfsepError) else 1
     except KeyboardInterrupt:
-        _console(True).print("[red]interrupted[/]: no output was left half-written")
+        stored = f"{escape(_state['stored'])}; " if _state["stored"] else ""
+        _console(True).print(f"[red]interrupted[/]: {stored}no output was left half-written")
         code = 130
     except Exception as exc:  # click's own exceptions (typer may vendor click: match by class name)
         kinds = {cls.__name__ for cls in type(exc).__mro__}

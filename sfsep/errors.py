@@ -52,6 +52,11 @@ class DatasetError(SfsepError):
     """A dataset folder (e.g. MUSDB18-HQ) that does not have the expected shape."""
 
 
+class ClusterError(SfsepError):
+    """`--engine ray`: Ray is not installed, the cluster cannot be reached or cannot hold a worker,
+    or a task's worker kept dying."""
+
+
 NAME_MAX = 255
 """The longest file or folder name (in bytes) most file systems take, when the system cannot say."""
 

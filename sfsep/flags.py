@@ -1,8 +1,8 @@
 """The command line's options, each declared once: shared option types (`Model`, `Sigma`, ...)
-and option groups (`ModelFlags`, `TuneFlags`, `RunFlags`, `OutputFlags`, `TrainFlags`), which
-`@command` expands into every command that takes them, the way demucs' `add_model_flags` adds
-its model flags to each parser. A group maps onto one library object (`ModelChoice`,
-`Settings`, `OutputOptions`, `TrainSettings`), which checks the values.
+and option groups (`ModelFlags`, `TuneFlags`, `RunFlags`, `OutputFlags`, `EngineFlags`,
+`TrainFlags`), which `@command` expands into every command that takes them, the way demucs'
+`add_model_flags` adds its model flags to each parser. A group maps onto one library object
+(`ModelChoice`, `Settings`, `OutputOptions`, `RayEngine`, `TrainSettings`), which checks the values.
 """
 
 from __future__ import annotations
@@ -129,6 +129,51 @@ class OutputFlags:
                              quality=self.quality)
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class EngineFlags:
+    """Where `batch` and `eval` run: on this machine, or on a Ray cluster (`sfsep.ray_engine`)."""
+
+    engine: Annotated[str, Opt("--engine", help="local | ray. ray: on a Ray cluster, one actor task per file (or per "
+                                                "eval result) on workers that each load the model once (needs "
+                                                "pip install 'sfsep[ray]'); the inputs and --out (or --musdb) must "
+                                                "be at the same path on every node.")] = "local"
+    address: Annotated[Optional[str], Opt("--address", help="--engine ray: the cluster to join, auto | HOST:PORT | "
+                                                            "ray://HOST:PORT (default: a local Ray instance for this "
+                                                            "run).")] = None
+    workers: Annotated[Optional[int], Opt("--workers", help="--engine ray: Ray workers, each holding the model "
+                                                            "(default: as many as the cluster's CPUs hold).")] = None
+    cpus_per_worker: Annotated[Optional[float], Opt("--cpus-per-worker", help="--engine ray: CPUs each worker "
+                                                                              "requests (default 1).")] = None
+    gpus_per_worker: Annotated[Optional[float], Opt("--gpus-per-worker", help="--engine ray: GPUs each worker "
+                                                                              "requests (default 0).")] = None
+
+    def choice(self, device: str):
+        """None for the local engine, else the library's RayEngine for workers on `device` (Ray
+        is imported only here, and its absence is one error naming the extra)."""
+        from .errors import UsageError
+
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine {self.engine}: use {' or '.join(ENGINES)}")
+        given = [flag for flag, value in (("--address", self.address), ("--workers", self.workers),
+                                          ("--cpus-per-worker", self.cpus_per_worker),
+                                          ("--gpus-per-worker", self.gpus_per_worker)) if value is not None]
+        if self.engine == "local":
+            if given:
+                raise UsageError(f"{given[0]}: only applies with --engine ray")
+            return None
+        from .ray_engine import RayEngine, import_ray
+
+        import_ray()  # before anything else is checked or loaded
+        engine = RayEngine(address=self.address, workers=self.workers,
+                           cpus_per_worker=1.0 if self.cpus_per_worker is None else self.cpus_per_worker,
+                           gpus_per_worker=0.0 if self.gpus_per_worker is None else self.gpus_per_worker)
+        engine.check_device(device)
+        return engine
+
+
 @dataclass
 class TrainFlags:
     """`train-kernel`'s training settings (the fields of the library's `TrainSettings`)."""
@@ -151,7 +196,7 @@ class TrainFlags:
     seed: Annotated[int, Opt("--seed", help="Seed for the initial fit and the random segments.")] = 0
 
 
-_GROUPS = (ModelFlags, TuneFlags, RunFlags, OutputFlags, TrainFlags)
+_GROUPS = (ModelFlags, TuneFlags, RunFlags, OutputFlags, EngineFlags, TrainFlags)
 
 
 def command(group: typer.Typer, name: str | None = None):

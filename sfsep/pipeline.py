@@ -289,6 +289,21 @@ class Separator:
         return separate_files(list(paths), self, OutputOptions(out=Path(out), **output), self.settings, jobs=jobs,
                               strict=False)
 
+    def on_device(self, device: str | torch.device) -> "Separator":
+        """This separator with its model on `device` ("auto" is resolved here, where it will run):
+        what a worker process does with a separator loaded elsewhere (the Ray engine loads it on
+        the driver's CPU and ships it to its workers). The modules are moved, not copied; the
+        identity (`identity()`) stays the same."""
+        import copy
+
+        moved = copy.copy(self)
+        moved.device = resolve_device(device)
+        moved.settings = replace(self.settings, device=str(device))
+        moved._modules_by_rate = {key: [module.to(moved.device) for module in modules]
+                                  for key, modules in self._modules_by_rate.items()}
+        moved._contracts = dict(self._contracts)
+        return moved
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -1022,7 +1037,8 @@ def separate_file(
     `stems` and `outputs` list them.
     Errors about the file are AudioError naming it; on any error (and on Ctrl-C) nothing is
     published and no existing stem is touched. While the stems are written the track is locked
-    (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note."""
+    (`audio.TrackLock`): a second run that reaches it meanwhile skips it with a note, and the
+    staged files a killed run left for this track are removed before its stems are staged again."""
     started = time.perf_counter()
     path = Path(path)
     separator = _separator(model, settings)
@@ -1081,6 +1097,8 @@ def separate_file(
         if existing and not output.overwrite:
             return FileResult(path, "skipped", info.rate,
                               notes=[f"{existing[0]} exists (use --overwrite to replace)"])
+        for leftover in lock.remove_leftovers():  # a run killed while writing this track (e.g. a Ray worker)
+            log.debug("removed %s, left by a run that was killed while writing it", leftover)
         with audio_io.StagedStems(targets, write_rate, channels, bits=output.bits, clip=output.clip,
                                   bitrate=output.bitrate, quality=output.quality) as staged:
             names = flow.plan.names

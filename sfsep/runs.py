@@ -5,7 +5,9 @@ the model is loaded (a model is loaded only when some input can be read), the ou
 inputs that would write the same stems), the files of a folder (never its own output folder),
 parallel workers, Ctrl-C, and one `FileResult` per file, failed ones included: a bad file is
 reported and the others go on. The caller sees each file start and finish through callbacks,
-so that it can show progress; nothing here prints.
+so that it can show progress; nothing here prints. Each file is `separate_one`, in worker
+threads here or, through a `FileEngine`, on a Ray cluster (`sfsep.ray_engine`): the checks, the
+output plan and the results are the same either way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from . import audio as audio_io
 from .errors import AudioError, SfsepError, UsageError
@@ -26,6 +28,20 @@ Started = Callable[[Path], "ProgressCallback | None"]
 """Called as a file is handed to a worker; returns the chunk-progress callback for it (or None)."""
 Finished = Callable[[FileResult], None]
 """Called in the caller's thread as each file's result is known (in completion order)."""
+
+
+class FileEngine(Protocol):
+    """Runs the separations of a run somewhere else than in this process (`--engine ray`:
+    `sfsep.ray_engine.RayEngine`). The run's checks, its output plan and its results stay here;
+    the engine only decides where `separate_one` runs for each file."""
+
+    def load(self, model: ModelChoice) -> Separator:
+        """The separator to ship to the engine's workers, loaded here."""
+
+    def separate(self, separator: Separator, work: Sequence[tuple[Path, str]], output: OutputOptions,
+                 settings: Settings) -> Iterator[FileResult]:
+        """`separate_one` for each (path, track) of `work`, yielding results as they finish.
+        KeyboardInterrupt stops the workers at their next chunk and reaches the caller."""
 
 
 @dataclass
@@ -80,10 +96,23 @@ def _failed(path: Path, error: SfsepError) -> FileResult:
     return FileResult(Path(path), "failed", error=str(error))
 
 
+def separate_one(path: Path, separator: Separator, output: OutputOptions, settings: Settings, track: str,
+                 progress: ProgressCallback | None = None) -> FileResult:
+    """One file of a run, wherever it runs (a worker thread here, a Ray worker): its result,
+    "failed" with the message when the file fails for a reason of its own (an SfsepError). A
+    UsageError (an option that cannot work with this model) is raised: it stops the run."""
+    try:
+        return separate_file(path, separator, output=output, settings=settings, progress=progress, track=track)
+    except UsageError:
+        raise
+    except SfsepError as exc:
+        return _failed(path, exc)
+
+
 def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelChoice, output: OutputOptions,
                    settings: Settings | None = None, *, tracks: dict[Path, str] | None = None, jobs: int = 1,
                    strict: bool = True, stop: threading.Event | None = None, started: Started | None = None,
-                   finished: Finished | None = None) -> RunReport:
+                   finished: Finished | None = None, engine: FileEngine | None = None) -> RunReport:
     """Separate each file into `output.out/<model>/...`; one FileResult per file, in input order.
 
     Before any model is loaded: the --filename template is checked for several inputs (a
@@ -95,13 +124,13 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
     UsageError (an option that cannot work with this model) stops the run and reaches the
     caller. `jobs` > 1 runs files in worker threads; `stop`, once set (by a Ctrl-C handler),
     makes the workers stop at their next chunk and files not started are dropped;
-    KeyboardInterrupt reaches the caller."""
+    KeyboardInterrupt reaches the caller. `engine` runs the separations elsewhere (a Ray
+    cluster; `started` is then never called): everything else is the same."""
     paths = [Path(path) for path in files]
     name = model.name  # an unknown model name is a usage error, before any input is read
     if isinstance(model, ModelChoice) and settings is not None:
         model.check(settings)  # so is a stem the model does not have, before its weights are loaded
-    if jobs < 1:
-        raise UsageError(f"--jobs {jobs}: must be at least 1")
+    _check_jobs(jobs, engine)
     audio_io.check_template(output.filename, ext=output.format, several_tracks=len(paths) > 1 or tracks is not None)
     unreadable: dict[Path, FileResult] = {}
     for path in paths:  # a bad file is reported before any model is loaded or downloaded
@@ -114,7 +143,7 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
             finished(result)
     if len(unreadable) == len(paths):  # nothing to separate: no model is loaded
         return RunReport(list(unreadable.values()), name)
-    separator = model if isinstance(model, Separator) else model.load()
+    separator = model if isinstance(model, Separator) else model.load() if engine is None else engine.load(model)
     settings = settings or separator.settings
     output = replace(output, out=Path(output.out) / separator.spec.name)
     names = tracks or {path: path.stem for path in paths}
@@ -142,21 +171,25 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
                 update(done, total)
 
         try:
-            return separate_file(path, separator, output=output, settings=settings, progress=checked,
-                                 track=names[path])
+            return separate_one(path, separator, output, settings, names[path], progress=checked)
         except UsageError as exc:  # an option that cannot work (e.g. --chunk-seconds for this model) stops the run
             usage.append(exc)
             halted.set()
             raise
-        except SfsepError as exc:
-            return _failed(path, exc)
 
     def done(result: FileResult) -> None:
         results[result.path] = result
         if finished is not None:
             finished(result)
 
-    if jobs == 1:  # in this thread, where Ctrl-C interrupts the running file at once
+    if engine is not None:
+        for path in readable:
+            if path in refused:
+                done(_failed(path, refused[path]))
+        work = [(path, names[path]) for path in readable if path not in refused]
+        for result in engine.separate(separator, work, output, settings):
+            done(result)
+    elif jobs == 1:  # in this thread, where Ctrl-C interrupts the running file at once
         for path in readable:
             done(one(path, started(path) if started else None))
     else:
@@ -176,6 +209,14 @@ def separate_files(files: Sequence[str | os.PathLike], model: Separator | ModelC
         if usage:
             raise usage[0]
     return RunReport([results[path] for path in paths], separator.name)
+
+
+def _check_jobs(jobs: int, engine: FileEngine | None) -> None:
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be at least 1")
+    if engine is not None and jobs != 1:
+        raise UsageError(f"--jobs {jobs}: sets the local engine's threads; with --engine ray, --workers sets how "
+                         f"many Ray workers separate files")
 
 
 def audio_files(folder: Path, recursive: bool, skip: Iterable[Path] = ()) -> list[Path]:
@@ -199,7 +240,7 @@ def output_tree(folder: Path, out: Path, model_name: str) -> list[Path]:
 def separate_folder(folder: str | os.PathLike, model: Separator | ModelChoice, output: OutputOptions,
                     settings: Settings | None = None, *, recursive: bool = False, skip_existing: bool = False,
                     jobs: int = 1, stop: threading.Event | None = None, started: Started | None = None,
-                    finished: Finished | None = None) -> RunReport:
+                    finished: Finished | None = None, engine: FileEngine | None = None) -> RunReport:
     """Separate every audio file in `folder` (and its sub-folders with `recursive`, whose layout
     is kept: sub/song.wav is the track "sub/song"), never the run's own output folder. A failing
     file is reported in its result and the others go on; `skip_existing` makes skips of existing
@@ -211,14 +252,13 @@ def separate_folder(folder: str | os.PathLike, model: Separator | ModelChoice, o
         raise AudioError(f"{folder}: is a file, not a folder (use `sfsep separate` for files)")
     if skip_existing and output.overwrite:
         raise UsageError("--skip-existing and --overwrite contradict each other; pick one")
-    if jobs < 1:
-        raise UsageError(f"--jobs {jobs}: must be at least 1")
+    _check_jobs(jobs, engine)
     name = model.name if isinstance(model, Separator) else model.spec().name
     files = audio_files(folder, recursive, skip=output_tree(folder, Path(output.out), name))
     if not files:
         raise AudioError(f"{folder}: no audio files found{'' if recursive else ' (add -R for sub-folders)'}")
     tracks = {path: str(path.relative_to(folder).with_suffix("")) for path in files}
     report = separate_files(files, model, output, settings, tracks=tracks, jobs=jobs, strict=False, stop=stop,
-                            started=started, finished=finished)
+                            started=started, finished=finished, engine=engine)
     report.root, report.skip_existing, report.model = folder, skip_existing, name
     return report

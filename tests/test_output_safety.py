@@ -237,6 +237,33 @@ def test_the_lock_is_per_track_and_left_behind_by_no_run(run_cli, wav_file, tmp_
     assert _hidden(out / "classic") == []
 
 
+def test_a_killed_run_s_staged_files_are_removed_by_the_next_run_of_that_track(tmp_path):
+    """A run killed mid-file (SIGKILL, the OOM killer, a Ray worker that dies) cannot clean up: its
+    .part files stay. The next run that takes the track's lock removes them, and only them."""
+    rate = 8000
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "song.wav", tone_mix(rate, 10.0, 2), rate)
+    out = tmp_path / "out"
+    script = Path(sys.executable).with_name("sfsep")
+    command = [str(script), "batch", str(music), "--model", "classic", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("classic/song/.*.part.*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    folder = out / "classic" / "song"
+    left = sorted(p.name for p in folder.glob(".*.part.*"))
+    assert left, "the run ended before it staged its stems"
+    other_track = folder / ".other_song.0123abcd.part.wav"  # not this track's stem name: kept
+    other_track.touch()
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(f"{s}.wav" for s in STEMS)
+    assert _hidden(folder) == [other_track.name]
+
+
 def test_a_file_system_without_flock_runs_unlocked(run_cli, wav_file, tmp_path, monkeypatch):
     """Some network mounts refuse flock: the run goes on without the lock (no traceback)."""
     import fcntl

@@ -57,7 +57,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -76,10 +76,14 @@ __all__ = [
     "METRICS",
     "RECORD_FORMAT",
     "Cell",
+    "CellEngine",
+    "CellJob",
+    "CellOutcome",
     "CellResult",
     "EvalProgress",
     "EvalRun",
     "TargetMap",
+    "TrackAudio",
     "cell_seed",
     "cell_settings",
     "evaluate",
@@ -372,6 +376,7 @@ def evaluate(
     model_id: str | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
     chunk_progress: Callable[[int, int], None] | None = None,
+    engine: CellEngine | None = None,
 ) -> EvalRun:
     """Run (or resume) the evaluation of `separator` on `tracks`; results go under `folder`.
 
@@ -380,6 +385,11 @@ def evaluate(
     the spec's name; the CLI adds the weights file when --weights is used). `progress` is
     called with an `EvalProgress` when a cell starts and when it is done or skipped;
     `chunk_progress(done, total)` follows the chunks of the separation running.
+
+    The stored cells are found first; the others are computed (`CellJob.compute`) here, in plan
+    order, or by `engine` (a Ray cluster: no "started" events, no chunk progress), and each is
+    stored here as soon as it arrives (`CellOutcome.store`), so an interrupted run keeps what
+    was done whichever engine ran it. `run.results` are in plan order either way.
     """
     started = time.perf_counter()
     settings = settings or Settings()
@@ -408,34 +418,46 @@ def evaluate(
                              f"(`sfsep train-kernel` makes them)")
     total = len(cells)
     done = 0
-
-    by_track: dict[str, list[Cell]] = {}
+    data: dict[tuple[str, str], TrackData] = {}
+    pending: list[Cell] = []
     for cell in cells:
-        by_track.setdefault(cell.track.name, []).append(cell)
-    for track_cells in by_track.values():
-        audio: _TrackAudio | None = None
-        data = TrackData(track_cells[0].track, targets)
-        for cell in track_cells:
-            record = None if force else _reusable_record(cell, folder, cell_settings(fingerprint, cell), metrics,
-                                                         data)
-            if record is not None:
-                done += 1
-                run.results.append(CellResult(cell, "skipped", record))
-                if progress:
-                    progress(EvalProgress(done, total, cell, "skipped"))
-                continue
+        track_data = data.setdefault(_track_key(cell), TrackData(cell.track, targets))
+        record = None if force else _reusable_record(cell, folder, cell_settings(fingerprint, cell), metrics,
+                                                     track_data)
+        if record is None:
+            pending.append(cell)
+            continue
+        done += 1
+        run.results.append(CellResult(cell, "skipped", record))
+        if progress:
+            progress(EvalProgress(done, total, cell, "skipped"))
+
+    job = CellJob(targets, metrics, settings, seed, fingerprint)
+
+    def computed_here() -> Iterator[tuple[Cell, CellOutcome]]:
+        audio: TrackAudio | None = None
+        for cell in pending:  # in plan order: a track's cells follow each other, its audio is read once
             if progress:
                 progress(EvalProgress(done, total, cell, "started"))
-            if audio is None:
-                audio = _TrackAudio(cell.track, targets)
-            record = _run_cell(cell, separator, audio, targets, metrics, settings, seed, fingerprint, folder,
-                               chunk_progress, data)
-            done += 1
-            run.results.append(CellResult(cell, "done", record))
-            if progress:
-                progress(EvalProgress(done, total, cell, "done"))
+            if audio is None or audio.track != cell.track:
+                audio = TrackAudio(cell.track, targets)
+            yield cell, job.compute(cell, separator, audio, chunk_progress)
+
+    computed = computed_here() if engine is None else engine.evaluate(separator, pending, job)
+    for cell, outcome in computed:
+        record = outcome.store(folder, data[_track_key(cell)])
+        done += 1
+        run.results.append(CellResult(cell, "done", record))
+        if progress:
+            progress(EvalProgress(done, total, cell, "done"))
+    order = {cell: index for index, cell in enumerate(cells)}
+    run.results.sort(key=lambda result: order[result.cell])
     run.seconds = time.perf_counter() - started
     return run
+
+
+def _track_key(cell: Cell) -> tuple[str, str]:
+    return cell.track.subset, cell.track.name
 
 
 def evaluate_model(model: Separator | ModelChoice, musdb: str | os.PathLike | None, out: str | os.PathLike, *,
@@ -443,17 +465,18 @@ def evaluate_model(model: Separator | ModelChoice, musdb: str | os.PathLike | No
                    rates: str | Sequence[int] | None = None, resamplers: str | Sequence[str] | None = None,
                    metrics: str | Sequence[str] | None = None, settings: Settings | None = None, seed: int = 0,
                    force: bool = False, progress: Callable[[EvalProgress], None] | None = None,
-                   chunk_progress: Callable[[int, int], None] | None = None) -> tuple[EvalRun, Path]:
+                   chunk_progress: Callable[[int, int], None] | None = None,
+                   engine: CellEngine | None = None) -> tuple[EvalRun, Path]:
     """`sfsep eval`: the options are checked, then the model's name, then the dataset, all before
-    the model is loaded (a ModelChoice is loaded here); results go to out/<model>. Returns the run
-    and that folder. See `evaluate` for the rest."""
+    the model is loaded (a ModelChoice is loaded here, or by `engine`); results go to
+    out/<model>. Returns the run and that folder. See `evaluate` for the rest."""
     from .musdb import list_tracks
 
     rates, resamplers, metrics = parse_rates(rates), parse_resamplers(resamplers), parse_metrics(metrics)
     if isinstance(model, ModelChoice):
         model.spec()
     selected = list_tracks(musdb, subset, tracks=tracks, track=track)
-    separator = model if isinstance(model, Separator) else model.load()
+    separator = model if isinstance(model, Separator) else model.load() if engine is None else engine.load(model)
     model_id = separator.name
     if isinstance(model, ModelChoice):
         model_id += (f" (weights {model.weights})" if model.weights else "") + (
@@ -461,10 +484,10 @@ def evaluate_model(model: Separator | ModelChoice, musdb: str | os.PathLike | No
     folder = Path(out) / separator.name
     return evaluate(separator, selected, folder, rates=rates, resamplers=resamplers, metrics=metrics,
                     settings=settings, seed=seed, force=force, model_id=model_id, progress=progress,
-                    chunk_progress=chunk_progress), folder
+                    chunk_progress=chunk_progress, engine=engine), folder
 
 
-class _TrackAudio:
+class TrackAudio:
     """A track's mixture and target references, read once, brought down to each rate once."""
 
     def __init__(self, track: MusdbTrack, targets: TargetMap):
@@ -485,61 +508,107 @@ class _TrackAudio:
         return stack[0], stack[1:]
 
 
-def _run_cell(cell: Cell, separator: Separator, audio: _TrackAudio, targets: TargetMap,
-              metrics: tuple[str, ...], settings: Settings, seed: int, fingerprint: dict,
-              folder: Path, chunk_progress: Callable[[int, int], None] | None,
-              data: TrackData) -> dict:
-    mixture, references = audio.at(cell.rate)
-    seed_used = cell_seed(seed, cell)
-    relevant = cell_settings(fingerprint, cell)
-    tick = time.perf_counter()
-    separation = separate(mixture, cell.rate, separator, cell.resampler,
-                          settings=replace(settings, seed=seed_used), progress=chunk_progress)
-    separate_seconds = time.perf_counter() - tick
-    estimates = torch.stack([
-        sum(separation.stems[name] for name in targets.estimates[target]) for target in targets.targets
-    ]).to(references.dtype)
-    if separator.device.type == "cuda":  # score where the model ran (float64: not on MPS)
-        references, estimates = references.to(separator.device), estimates.to(separator.device)
+@dataclass
+class CellOutcome:
+    """A computed cell, not yet stored: its record (without the "dataset" stamp, which `store`
+    adds where the dataset's hashes are kept) and its framewise BSSEval scores (None when
+    "bsseval" was not asked for). Plain data: it travels back from a Ray worker as it is."""
 
-    tick = time.perf_counter()
-    notes = list(targets.notes)
-    scores: dict[str, dict] = {}
-    frames = None
-    if "bsseval" in metrics:
-        track_scores = _bsseval_scores(cell, references, estimates, targets, notes)
-        frames = len(next(iter(track_scores.targets.values()))["SDR"])
-        track_scores.save(cell.museval_path(folder))
-        scores["bsseval"] = track_scores.frame_medians()
-    if "sdr" in metrics:
-        values = utterance_sdr(references, estimates)
-        scores["sdr"] = {t: float(v) for t, v in zip(targets.targets, values)}
-    if "si_sdr" in metrics:
-        values = si_sdr(references, estimates)
-        scores["si_sdr"] = {t: float(v) for t, v in zip(targets.targets, values)}
-    score_seconds = time.perf_counter() - tick
+    cell: Cell
+    record: dict
+    bsseval: TrackScores | None = None
 
-    record = {
-        "format": RECORD_FORMAT,
-        "track": cell.track.name,
-        "subset": cell.track.subset,
-        "dataset": data.stamp(),
-        "rate": cell.rate,
-        "resampler": cell.resampler,
-        "model_rate": separation.model_rate,
-        "strategy": separation.strategy,
-        "seed_used": seed_used if "seed" in relevant else None,
-        "settings": relevant,
-        "metrics": list(metrics),
-        "scores": scores,
-        "frames": frames,
-        "duration_seconds": references.shape[-1] / cell.rate,
-        "kernel": _kernel_stamp(cell, separator.spec.name),
-        "seconds": {"separate": round(separate_seconds, 3), "score": round(score_seconds, 3)},
-        "notes": notes,
-    }
-    _write_json(cell.record_path(folder), record)
-    return record
+    def store(self, folder: Path, data: TrackData) -> dict:
+        """Write the museval JSON, then the record (last, atomically: its presence marks a
+        finished cell) under `folder`; returns the record."""
+        if self.bsseval is not None:
+            self.bsseval.save(self.cell.museval_path(folder))
+        record = dict(self.record, dataset=data.stamp())
+        _write_json(self.cell.record_path(folder), record)
+        return record
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What every cell of a run shares: the targets, the metrics, the pipeline settings, the
+    seed and the settings fingerprint. `compute` is the one computation of a cell, whichever
+    engine runs it."""
+
+    targets: TargetMap
+    metrics: tuple[str, ...]
+    settings: Settings
+    seed: int
+    fingerprint: dict
+
+    def compute(self, cell: Cell, separator: Separator, audio: TrackAudio | None = None,
+                chunk_progress: Callable[[int, int], None] | None = None) -> CellOutcome:
+        """Separate the cell's test-rate mixture and score it (`audio`: the track's audio when
+        the caller keeps it from cell to cell)."""
+        targets, metrics = self.targets, self.metrics
+        mixture, references = (audio or TrackAudio(cell.track, targets)).at(cell.rate)
+        seed_used = cell_seed(self.seed, cell)
+        relevant = cell_settings(self.fingerprint, cell)
+        tick = time.perf_counter()
+        separation = separate(mixture, cell.rate, separator, cell.resampler,
+                              settings=replace(self.settings, seed=seed_used), progress=chunk_progress)
+        separate_seconds = time.perf_counter() - tick
+        estimates = torch.stack([
+            sum(separation.stems[name] for name in targets.estimates[target]) for target in targets.targets
+        ]).to(references.dtype)
+        if separator.device.type == "cuda":  # score where the model ran (float64: not on MPS)
+            references, estimates = references.to(separator.device), estimates.to(separator.device)
+
+        tick = time.perf_counter()
+        notes = list(targets.notes)
+        scores: dict[str, dict] = {}
+        frames = None
+        track_scores = None
+        if "bsseval" in metrics:
+            track_scores = _bsseval_scores(cell, references, estimates, targets, notes)
+            frames = len(next(iter(track_scores.targets.values()))["SDR"])
+            scores["bsseval"] = track_scores.frame_medians()
+        if "sdr" in metrics:
+            values = utterance_sdr(references, estimates)
+            scores["sdr"] = {t: float(v) for t, v in zip(targets.targets, values)}
+        if "si_sdr" in metrics:
+            values = si_sdr(references, estimates)
+            scores["si_sdr"] = {t: float(v) for t, v in zip(targets.targets, values)}
+        score_seconds = time.perf_counter() - tick
+
+        record = {
+            "format": RECORD_FORMAT,
+            "track": cell.track.name,
+            "subset": cell.track.subset,
+            "dataset": None,  # stamped by CellOutcome.store
+            "rate": cell.rate,
+            "resampler": cell.resampler,
+            "model_rate": separation.model_rate,
+            "strategy": separation.strategy,
+            "seed_used": seed_used if "seed" in relevant else None,
+            "settings": relevant,
+            "metrics": list(metrics),
+            "scores": scores,
+            "frames": frames,
+            "duration_seconds": references.shape[-1] / cell.rate,
+            "kernel": _kernel_stamp(cell, separator.spec.name),
+            "seconds": {"separate": round(separate_seconds, 3), "score": round(score_seconds, 3)},
+            "notes": notes,
+        }
+        return CellOutcome(cell, record, track_scores)
+
+
+class CellEngine(Protocol):
+    """Computes a run's cells somewhere else than in this process (`--engine ray`:
+    `sfsep.ray_engine.RayEngine`): `CellJob.compute` for each cell, outcomes yielded as they
+    finish, in any order; `evaluate` stores each one as it arrives."""
+
+    def load(self, model: ModelChoice) -> Separator:
+        """The separator to ship to the engine's workers, loaded here."""
+
+    def evaluate(self, separator: Separator, cells: Sequence[Cell], job: CellJob
+                 ) -> Iterator[tuple[Cell, CellOutcome]]:
+        """Each cell and its outcome, as they finish. KeyboardInterrupt stops the workers and
+        reaches the caller."""
 
 
 def _bsseval_scores(cell: Cell, references: torch.Tensor, estimates: torch.Tensor, targets: TargetMap,
