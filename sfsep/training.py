@@ -21,8 +21,8 @@ length is `model_length`, the model's chunk size unless --segment-seconds says o
 with the same standardisation by the mono mixture as the pipeline applies (here per segment,
 since a segment is all the module sees). Stems the model predicts that MUSDB has not (and
 MUSDB sources it does not predict) are left out of the loss (the generated clips have MUSDB's
-four sources); a residual stem (mixture minus
-the predicted ones) is formed as in the pipeline.
+four sources), and so is a residual stem (mixture minus the predicted ones, e.g. a vocals model's
+"other"): it is not the MUSDB source of its name, and its error is minus the predicted stems' own.
 
 Schedule (all settings are `TrainSettings` fields and `sfsep train-kernel` flags): Adam, lr
 1e-3, multiplied by 0.98 every 2 epochs, gradient clipping at norm 5, batches of 4 random
@@ -452,12 +452,15 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
         raise UsageError(f"--segment-seconds: model '{spec.name}' takes at most {padded_length / trained_rate:.2f} s")
     residual = spec.residual_stem
     names = list(spec.stems) + ([residual] if residual else [])
-    wanted = [name for name in names if name in SOURCES]
+    # A residual stem (a vocals model's "other": the mixture minus the vocals) is everything the
+    # predicted stems leave, not the MUSDB source of its name (eval scores it as the accompaniment);
+    # its error is minus the predicted stems' error, so it is left out of the loss.
+    wanted = [name for name in spec.stems if name in SOURCES]
     if not wanted:
         raise UsageError(f"--model {spec.name}: none of its stems ({', '.join(names)}) is a MUSDB source "
                          f"({', '.join(SOURCES)}), so there is nothing to compare with")
     separate_fn = separate_function(separator.modules(trained_rate), normalize=contract.normalize,
-                                    predicted=spec.stems, residual=residual, wanted=wanted)
+                                    predicted=spec.stems, wanted=wanted)
     low_length = low_rate_length(model_length, settings.rate, trained_rate)
     if generated_clips is not None:
         train = GeneratedSegments(settings.seed, "train", generated_clips, settings.rate, low_length, wanted)
