@@ -10,9 +10,11 @@ float16 safetensors, `<out>/demo.safetensors`, the file the package ships as
 Data: a pool of `--train-clips` generated clips held in memory; every item of a batch is a random
 `chunk_size` segment (the model's chunk, as models.toml states it): half of the items keep a clip's
 four stems together, the other half take each stem from a random clip and offset (remixing), and
-every stem gets a random gain (+-3.5 dB) and a random left/right swap. The mixture is the sum.
+every stem gets a random gain (+-3.5 dB) and a random left/right swap. The mixture is the sum of
+the four; the model is trained on its own stems among them (the `demo` BSRNN: vocals; its `other`
+is the mixture minus the vocals).
 
-Objective (as MSST trains its RoFormers): the L1 distance between estimated and reference stems,
+Objective (as MSST trains its models): the L1 distance between estimated and reference stems,
 plus the L1 distance of their complex STFTs (window 1024, hop 256). AdamW, a linear warm-up
 over the first 5 % of `--steps`, then a cosine decay to zero at `--steps`; gradients clipped at
 norm 5. `--minutes` stops a run early (a shared machine may be slower than planned): the weights
@@ -192,6 +194,8 @@ def train(options: TrainOptions, out: Path, *, resume: bool = False, log=print) 
     model = build_demo_model().train()
     parameters = sum(p.numel() for p in model.parameters())
     segment = segment_samples()
+    # The model's stems among the generated ones (the mixture is always all four).
+    targets = [STEMS.index(name) for name in get_spec(MODEL_NAME).stems]
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(options.seed)
     step, history = 0, []
@@ -216,6 +220,7 @@ def train(options: TrainOptions, out: Path, *, resume: bool = False, log=print) 
                       "generator": generator.get_state(), "step": step, "history": history,
                       "options": options.__dict__}, checkpoint)
 
+    load_at_start = _load()
     started = time.perf_counter()
     last_save = started
     running: list[float] = []
@@ -228,7 +233,7 @@ def train(options: TrainOptions, out: Path, *, resume: bool = False, log=print) 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, options.steps, options.learning_rate)
         mixture, references = pool.batch(options.batch_size, segment, generator)
-        loss = separation_loss(model(mixture), references)
+        loss = separation_loss(model(mixture), references[:, targets])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -237,7 +242,8 @@ def train(options: TrainOptions, out: Path, *, resume: bool = False, log=print) 
         step += 1
         if step % options.log_every == 0 or step == options.steps:
             elapsed = time.perf_counter() - started
-            history.append({"step": step, "loss": float(np.mean(running)), "seconds": round(elapsed, 1)})
+            history.append({"step": step, "loss": float(np.mean(running)), "seconds": round(elapsed, 1),
+                            "load": _load()})
             log(f"step {step}/{options.steps}  loss {np.mean(running):.4f}  lr {optimizer.param_groups[0]['lr']:.2e}"
                 f"  {elapsed / 60:.1f} min  ({(elapsed - last_logged) / len(running):.2f} s/step)"
                 f"  load {_load()}")
@@ -250,7 +256,7 @@ def train(options: TrainOptions, out: Path, *, resume: bool = False, log=print) 
     weights = export_weights(model.eval(), out / WEIGHTS_NAME)
     summary = {"steps": step, "planned_steps": options.steps, "stopped_early_by_minutes": stopped_early,
                "train_seconds": round(elapsed, 1), "generate_seconds": round(pool.seconds_to_generate, 1),
-               "load_average_end": _load(), "parameters": parameters, "weights_bytes": weights.stat().st_size,
+               "load_average_start": load_at_start, "load_average_end": _load(), "parameters": parameters, "weights_bytes": weights.stat().st_size,
                "options": options.__dict__, "history": history}
     write_text_atomic(out / "training.json", json.dumps(summary, indent=2))
     log(f"trained {step} steps in {elapsed / 60:.1f} min"
