@@ -621,6 +621,8 @@ def _read_virtual(plan: _Plan, window: _SignalWindow, begin: int, end: int) -> t
         channels = window.take(window.first, window.first).shape[0]
         return torch.zeros(channels, end - begin)
     part = window.take(real_first, real_last)
+    if real_first == first and real_last == last:
+        return part  # a view of the held signal: F.pad copies even when it pads nothing
     return F.pad(part, (real_first - first, last - real_last))
 
 
@@ -709,7 +711,7 @@ def run_chunks(
             else:
                 result[..., span].add_(piece, alpha=w)
             weight_sum[span] += w
-        del out, piece, inputs  # not held while the consumer runs and the next chunk is made
+        del out, piece, inputs, w  # not held while the consumer runs and the next chunk is made
         if on_chunks is not None:
             on_chunks(len(group))
         final = chunks[group[-1] + 1].start if group[-1] + 1 < len(chunks) else plan.virtual_length
