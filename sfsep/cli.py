@@ -373,11 +373,14 @@ def eval_command(
 def train_kernel_command(
     model: ModelFlags, train: TrainFlags,
     musdb: Musdb = None,
+    generated: Annotated[Optional[int], Opt("--generated", help="Train on this many clips of sfsep's generated "
+                                                                "music (the demo model's data) instead of MUSDB18-HQ.",
+                                            show_default=False)] = None,
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Where to save (default: <cache>/kernels/<model>/<rate>.pt, "
                                                            "which --resampler trainable reads).")] = None,
 ) -> None:
-    """Train the resampling kernel for a model (--model, required) and input rate on MUSDB18-HQ (the
-    model stays frozen)."""
+    """Train the resampling kernel for a model (--model, required) and input rate on MUSDB18-HQ or on
+    generated music (--generated N) (the model stays frozen)."""
     from .resample.trainable import kernel_path
     from .training import TrainSettings, train_kernel_for_model
 
@@ -394,7 +397,8 @@ def train_kernel_command(
                            event.step, description=f"epoch {event.epoch}/{event.epochs} loss {event.train_loss:.3e} "
                                                    f"(best valid {event.best_valid_loss:.3e})")
 
-        path, result = train_kernel_for_model(model.choice(_bars()), musdb, settings, output=out, progress=update)
+        path, result = train_kernel_for_model(model.choice(_bars()), musdb, settings, output=out, progress=update,
+                                              generated_clips=generated)
     name = model.choice(_bars()).name
     _say(escape(f"kernel for {name} at {train.rate} Hz saved to {path}"), *[f"  {line}" for line in result.summary()])
     if out is not None:

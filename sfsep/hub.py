@@ -1,13 +1,18 @@
 """Weights: where they are cached, how they are downloaded and checked, and offline use.
 
-A model's checkpoints (`registry.WeightsSource`) come from one of three kinds of host:
+A model's checkpoints (`registry.WeightsSource`) come from one of three kinds of host, or from
+the sfsep package itself:
 
 - a Hugging Face repo file: fetched with `huggingface_hub.hf_hub_download`, so it lives in the
   Hugging Face cache and HF_HOME, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE mean what they mean
   for every other Hugging Face tool;
 - a plain URL (GitHub releases, dl.fbaipublicfiles.com): streamed into sfsep's own cache;
 - a Google Drive file id: the same streaming, after Drive's "this file is too large to scan for
-  viruses" confirmation step.
+  viruses" confirmation step;
+- a packaged file (`packaged`, a path inside the installed sfsep package, found with
+  importlib.resources): nothing is downloaded or cached, and the file is held to the full sha256
+  models.toml gives for it at every use. The demo model's weights come this way, so that it runs
+  offline on a fresh install.
 
 A source may list mirrors: the same file on other hosts, or another file with the same weights
 and its own digest (demucs' models: the safetensors export on the Hub first, the legacy .th
@@ -63,6 +68,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -135,8 +141,20 @@ def is_huggingface(source) -> bool:
     return bool(source.hf_repo)
 
 
+def is_packaged(source) -> bool:
+    """True for a file shipped inside the sfsep package (no download, no cache)."""
+    return bool(getattr(source, "packaged", None))
+
+
+def packaged_path(source) -> Path:
+    """Where a packaged file is in the installed sfsep package (whether or not it is there)."""
+    return Path(str(resources.files("sfsep").joinpath(*source.packaged.split("/"))))
+
+
 def source_label(source) -> str:
     """Where a checkpoint comes from, for tables and messages."""
+    if is_packaged(source):
+        return f"package:sfsep/{source.packaged}"
     if is_huggingface(source):
         revision = f"@{source.hf_revision}" if source.hf_revision else ""
         return f"hf://{source.hf_repo}/{source.hf_filename}{revision}"
@@ -146,7 +164,10 @@ def source_label(source) -> str:
 
 
 def source_host(source) -> str:
-    """A short host name: huggingface.co, github.com, drive.google.com, ..."""
+    """A short host name: huggingface.co, github.com, drive.google.com, ... ("package" for a
+    packaged file)."""
+    if is_packaged(source):
+        return "package"
     if is_huggingface(source):
         return "huggingface.co"
     return urllib.parse.urlsplit(source_label(source)).netloc or "?"
@@ -186,6 +207,9 @@ def _candidates(source) -> list:
 
 
 def _cached_file(candidate) -> Path | None:
+    if is_packaged(candidate):
+        path = packaged_path(candidate)
+        return path if path.is_file() else None
     if is_huggingface(candidate):
         from huggingface_hub import try_to_load_from_cache
 
@@ -213,6 +237,8 @@ def cached_path(source) -> Path | None:
 
 
 def where_expected(source) -> str:
+    if is_packaged(source):
+        return str(packaged_path(source))
     if is_huggingface(source):
         return (f"the Hugging Face cache ({_hf_cache_hint()}, set by HF_HOME) as "
                 f"{source.hf_repo}/{source.hf_filename}")
@@ -337,6 +363,10 @@ def check_file(path: Path, source) -> Check:
     if source.size is not None and size != source.size:
         return Check(path, False, None, f"size {size} bytes, models.toml expects {source.size}")
     digest = sha256_of(path)
+    if is_packaged(source):  # models.toml's digest is required for it (registry); no record is kept
+        if not checksum_matches(digest, source.sha256):
+            return Check(path, False, digest, f"sha256 {digest[:16]}..., models.toml expects {source.sha256}")
+        return Check(path, True, digest)
     if source.sha256:
         if not checksum_matches(digest, source.sha256):
             return Check(path, False, digest, f"sha256 {digest[:16]}..., models.toml expects {source.sha256}")
@@ -387,7 +417,18 @@ def _accept(path: Path, source, where: str, discarded: str) -> str:
 
 
 def _has_location(source) -> bool:
-    return bool(source.url or getattr(source, "gdrive_id", None) or is_huggingface(source))
+    return bool(source.url or getattr(source, "gdrive_id", None) or is_huggingface(source) or is_packaged(source))
+
+
+def _packaged(source, model: str) -> Path:
+    """A packaged checkpoint's path once it passes its check; otherwise the installation is damaged."""
+    path = packaged_path(source)
+    check = check_file(path, source)
+    if check.ok:
+        return path
+    problem = "are missing" if check.problem == "missing" else f"fail their check ({check.problem})"
+    raise WeightsError(f"{path}: the weights of model '{model or source.cache_name}', shipped with sfsep, {problem}; "
+                       f"reinstall sfsep (pip install --force-reinstall sfsep), or pass --weights PATH")
 
 
 def ensure(source, *, offline: bool = False, progress: bool | None = None, log: Log | None = None,
@@ -401,6 +442,8 @@ def ensure(source, *, offline: bool = False, progress: bool | None = None, log: 
     terminal).
     """
     log = log or _default_log
+    if is_packaged(source):
+        return _packaged(source, model)
     offline = offline_requested(offline)
     candidates = _candidates(source)
     if not all(_has_location(candidate) for candidate in candidates):
@@ -1082,6 +1125,11 @@ def probe(source) -> list[Reach]:
     results = []
     for index, candidate in enumerate(_candidates(source)):
         headers: dict = {}
+        if is_packaged(candidate):
+            present = packaged_path(candidate).is_file()
+            results.append(Reach(source_label(candidate), index > 0, present,
+                                 "shipped in the package" if present else "missing from the installed package"))
+            continue
         if is_huggingface(candidate):
             url, headers = _hf_url(candidate), _hf_headers()
         elif getattr(candidate, "gdrive_id", None):
@@ -1142,7 +1190,7 @@ def human_size(size: int | None) -> str:
 
 __all__ = [
     "Check", "Reach", "cache_dir", "cache_files", "cache_status", "cached_path", "check_file", "checksum_matches",
-    "clean_cache", "ensure", "expected_path", "fetch_each", "fetch_model", "gdrive_base", "human_size", "offline_requested",
+    "clean_cache", "ensure", "expected_path", "fetch_each", "is_packaged", "packaged_path", "fetch_model", "gdrive_base", "human_size", "offline_requested",
     "probe", "record_path", "recorded_digest", "sha256_of", "source_host", "source_label", "verify_model",
     "verify_source", "weights_dir", "where_expected",
 ]

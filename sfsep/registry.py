@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -32,12 +32,13 @@ expect. Without its weights (offline, no network) the error suggests --model cla
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a checkpoint comes from: a Hugging Face repo file, a plain URL or a Google Drive id,
-    and its mirrors, tried in order when this one fails: the same file on other hosts, or
-    another file with the same weights and its own digest (e.g. a demucs model's safetensors on
-    the Hub, then its legacy .th package)."""
+    """Where a checkpoint comes from: a Hugging Face repo file, a plain URL, a Google Drive id or
+    a file shipped inside the sfsep package (`packaged`), and its mirrors, tried in order when this
+    one fails: the same file on other hosts, or another file with the same weights and its own
+    digest (e.g. a demucs model's safetensors on the Hub, then its legacy .th package)."""
 
     url: str | None = None
+    packaged: str | None = None  # a path inside the sfsep package ("demo/demo.safetensors"): no download
     hf_repo: str | None = None
     hf_filename: str | None = None
     hf_revision: str | None = None
@@ -51,6 +52,8 @@ class WeightsSource:
 
     @property
     def cache_name(self) -> str:
+        if self.packaged:
+            return PurePosixPath(self.packaged).name
         if self.filename:
             return self.filename
         if self.hf_filename:
@@ -114,7 +117,29 @@ name in the cache, and only its own digest and size hold for it."""
 
 
 def _has_location(entry: dict) -> bool:
-    return bool(entry.get("url") or entry.get("gdrive_id") or (entry.get("hf_repo") and entry.get("hf_filename")))
+    return bool(entry.get("url") or entry.get("gdrive_id") or (entry.get("hf_repo") and entry.get("hf_filename"))
+                or entry.get("packaged"))
+
+
+def _check_packaged(name: str, entry: dict) -> None:
+    """A packaged file is a relative path inside the package, with nothing else saying where it
+    is, checked against its full sha256 (nothing is recorded for it, so models.toml vouches for it)."""
+    packaged = entry.get("packaged")
+    if packaged is None:
+        return
+    where = f"models.toml: model '{name}': packaged"
+    path = PurePosixPath(packaged) if isinstance(packaged, str) else None
+    if path is None or not packaged or path.is_absolute() or ".." in path.parts or "\\" in packaged:
+        raise ModelError(f"{where} must be a relative path inside the sfsep package "
+                         f"(e.g. \"demo/demo.safetensors\"), not {packaged!r}")
+    others = sorted(key for key in ("url", "gdrive_id", "hf_repo", "hf_filename", "hf_revision", "filename", "mirrors")
+                    if entry.get(key) is not None)
+    if others:
+        raise ModelError(f"{where}: a packaged file is found in the package only; drop {', '.join(others)}")
+    sha256 = entry.get("sha256")
+    if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise ModelError(f"{where}: a packaged file needs its full sha256 (64 hex digits), which every "
+                         f"load checks")
 
 
 def _mirrors(raw: Any, name: str, primary: WeightsSource) -> tuple[WeightsSource, ...]:
@@ -165,7 +190,8 @@ def _weights_list(raw: Any, name: str = "?") -> tuple[WeightsSource, ...]:
                              f"(known: {', '.join(sorted(_WEIGHTS_KEYS))})")
         if not _has_location(entry):
             raise ModelError(f"models.toml: model '{name}': a weights entry needs url, gdrive_id, "
-                             f"or hf_repo and hf_filename")
+                             f"hf_repo and hf_filename, or packaged")
+        _check_packaged(name, entry)
         fields = {key: value for key, value in entry.items() if key != "mirrors"}
         _check_sha256(name, fields.get("sha256"))
         primary = WeightsSource(**fields)

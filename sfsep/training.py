@@ -3,8 +3,8 @@
 Only the kernel's parameters theta (`sfsep.resample.trainable.TrainableKernel`) are trained;
 the separator's weights are frozen (requires_grad False, eval mode) but gradients flow through
 it to the kernel. For a batch of low-rate segments (mixture m and reference stems s, both at
-the input rate r, taken from MUSDB18-HQ brought down from 44.1 kHz with the conventional
-resampler)::
+the input rate r, taken from MUSDB18-HQ, or with `--generated` from the procedural music of
+sfsep.demo.generate, brought down from 44.1 kHz with the conventional resampler)::
 
     y_trainable = up_theta(m)            r -> trained rate, learned kernel (differentiable)
     y_sinc      = up_conventional(m)     r -> trained rate, Kaiser windowed sinc (a constant)
@@ -20,8 +20,9 @@ The separator is called as a module on fixed-length segments at its trained rate
 length is `model_length`, the model's chunk size unless --segment-seconds says otherwise),
 with the same standardisation by the mono mixture as the pipeline applies (here per segment,
 since a segment is all the module sees). Stems the model predicts that MUSDB has not (and
-MUSDB sources it does not predict) are left out of the loss; a residual stem (mixture minus
-the predicted ones) is formed as in the pipeline.
+MUSDB sources it does not predict) are left out of the loss (the generated clips have MUSDB's
+four sources), and so is a residual stem (mixture minus the predicted ones, e.g. a vocals model's
+"other"): it is not the MUSDB source of its name, and its error is minus the predicted stems' own.
 
 Schedule (all settings are `TrainSettings` fields and `sfsep train-kernel` flags): Adam, lr
 1e-3, multiplied by 0.98 every 2 epochs, gradient clipping at norm 5, batches of 4 random
@@ -269,6 +270,45 @@ class MusdbSegments:
                 for i in range(0, len(items), batch_size)]
 
 
+class GeneratedSegments:
+    """Segments of generated clips (sfsep.demo.generate, one split of one seed) at `rate` Hz: the
+    same interface as MusdbSegments. The clips are made at 44.1 kHz, held in memory and brought
+    down with the conventional kernel once; a clip's `per_track` fixed segments are evenly spaced."""
+
+    def __init__(self, seed: int, split: str, clips: int, rate: int, length: int, stems: Sequence[str],
+                 seconds: float = 4.0):
+        from .demo.generate import RATE, STEMS, generate_clip
+
+        self.rate, self.length = int(rate), int(length)
+        seconds = max(seconds, 1.5 * self.length / self.rate)  # room for random offsets
+        order = [STEMS.index(name) for name in stems]
+        audio = torch.stack([torch.from_numpy(generate_clip(seed, split, index, seconds)) for index in range(clips)])
+        stacked = torch.cat([audio.sum(1, keepdim=True), audio[:, order]], dim=1)  # mixture first
+        self.clips = resample(stacked, RATE, self.rate)
+
+    def _segment(self, clip: int, start: int) -> Batch:
+        part = self.clips[clip, :, :, start:start + self.length]
+        return part[0], part[1:]
+
+    def random_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        room = self.clips.shape[-1] - self.length + 1
+        items = [self._segment(int(torch.randint(len(self.clips), (1,), generator=generator)),
+                               int(torch.randint(room, (1,), generator=generator))) for _ in range(batch_size)]
+        return torch.stack([m for m, _ in items]), torch.stack([s for _, s in items])
+
+    def fixed_batches(self, per_track: int, batch_size: int) -> list[Batch]:
+        room = self.clips.shape[-1] - self.length
+        items = [self._segment(clip, room * (index + 1) // (per_track + 1))
+                 for clip in range(len(self.clips)) for index in range(per_track)]
+        return [(torch.stack([m for m, _ in items[i:i + batch_size]]),
+                 torch.stack([s for _, s in items[i:i + batch_size]]))
+                for i in range(0, len(items), batch_size)]
+
+
+GENERATED_VALID_CLIPS = 4
+"""Validation clips of `--generated` training (the generator's valid split)."""
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -360,10 +400,15 @@ def train_kernel(separate_fn: SeparateFn, train_batch: Callable[[torch.Generator
 
 def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: TrainSettings, *,
                            device: str = "auto", offline: bool = False, output: str | os.PathLike | None = None,
-                           progress: ProgressFn | None = None) -> tuple[Path, TrainResult]:
+                           progress: ProgressFn | None = None,
+                           generated_clips: int | None = None) -> tuple[Path, TrainResult]:
     """`sfsep train-kernel`: train a kernel for a model (a name, a ModelChoice or a loaded Separator)
     and input rate; save it. A model without a trained rate is refused before any weights are
     looked for; a weights error does not suggest the weightless classical models.
+
+    The data is MUSDB18-HQ at `musdb` (train and valid subsets), or with `generated_clips` that
+    many clips of sfsep.demo.generate's train split (seed `settings.seed`) and
+    GENERATED_VALID_CLIPS of its valid split; then `musdb` must be None.
 
     Returns the path written (`output`, default ``<cache>/kernels/<model>/<rate>.pt``) and the result.
     """
@@ -373,6 +418,10 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
     from .pipeline import ModelChoice, Separator
 
     settings.check()
+    if generated_clips is not None and musdb is not None:
+        raise UsageError("--generated and --musdb: pick one data source")
+    if generated_clips is not None and generated_clips < 1:
+        raise UsageError(f"--generated {generated_clips}: give at least 1 clip")
     if isinstance(model, str):
         model = ModelChoice(model, device=device, offline=offline)
     spec = model.spec if isinstance(model, Separator) else model.spec()
@@ -403,17 +452,24 @@ def train_kernel_for_model(model, musdb: str | os.PathLike | None, settings: Tra
         raise UsageError(f"--segment-seconds: model '{spec.name}' takes at most {padded_length / trained_rate:.2f} s")
     residual = spec.residual_stem
     names = list(spec.stems) + ([residual] if residual else [])
-    wanted = [name for name in names if name in SOURCES]
+    # A residual stem (a vocals model's "other": the mixture minus the vocals) is everything the
+    # predicted stems leave, not the MUSDB source of its name (eval scores it as the accompaniment);
+    # its error is minus the predicted stems' error, so it is left out of the loss.
+    wanted = [name for name in spec.stems if name in SOURCES]
     if not wanted:
         raise UsageError(f"--model {spec.name}: none of its stems ({', '.join(names)}) is a MUSDB source "
                          f"({', '.join(SOURCES)}), so there is nothing to compare with")
     separate_fn = separate_function(separator.modules(trained_rate), normalize=contract.normalize,
-                                    predicted=spec.stems, residual=residual, wanted=wanted)
+                                    predicted=spec.stems, wanted=wanted)
     low_length = low_rate_length(model_length, settings.rate, trained_rate)
-    train = MusdbSegments(list_tracks(musdb, "train"), settings.rate, low_length, wanted)
-    valid = MusdbSegments(list_tracks(musdb, "valid", no_valid_hint="train-kernel validates on them: add them "
-                                     "to the train folder (it uses the other train tracks for training)"),
-                          settings.rate, low_length, wanted)
+    if generated_clips is not None:
+        train = GeneratedSegments(settings.seed, "train", generated_clips, settings.rate, low_length, wanted)
+        valid = GeneratedSegments(settings.seed, "valid", GENERATED_VALID_CLIPS, settings.rate, low_length, wanted)
+    else:
+        train = MusdbSegments(list_tracks(musdb, "train"), settings.rate, low_length, wanted)
+        valid = MusdbSegments(list_tracks(musdb, "valid", no_valid_hint="train-kernel validates on them: add them "
+                                         "to the train folder (it uses the other train tracks for training)"),
+                              settings.rate, low_length, wanted)
     valid_batches = valid.fixed_batches(settings.valid_segments, settings.batch_size)
     result = train_kernel(separate_fn, lambda generator: train.random_batch(settings.batch_size, generator), valid_batches,
                           trained_rate=trained_rate, model_length=model_length, settings=settings,
