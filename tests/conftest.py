@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import ipaddress
+import signal
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,16 @@ from parity import shared_dir
 
 # The suite runs in 2 xdist workers on 2 cores: one torch thread each avoids oversubscription stalls.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on one torch thread, whatever a test before it (a CLI run with --threads)
+    left set, and leaves it as it found it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 _real_connect = socket.socket.connect
@@ -125,3 +137,19 @@ def files_below(folder: Path) -> list[Path]:
     """Every file under `folder` (none when it does not exist)."""
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
+
+def interrupt_once_staged(process, out: Path, timeout: float = 300) -> tuple[str, float]:
+    """Send Ctrl-C (SIGINT) to a running `sfsep batch ... --model classic --out out` as soon as
+    its first stems are staged (`.part` files below out/classic/<track>/); returns its stderr
+    and the seconds it took to end after the signal. Fails if it ended before staging anything."""
+    deadline = time.monotonic() + timeout
+    while not list(out.glob("classic/*/.*.part.*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, ("the batch ended before its first stems were staged", process.communicate())
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return err, time.monotonic() - sent

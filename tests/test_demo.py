@@ -25,15 +25,6 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "demo_8k.wav"
 NOISY_REPORT = "resampler noisy (input is 8000 Hz, below the model's 44100 Hz"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two pytest workers share two cores: one torch thread each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _recorded() -> dict:
     return json.loads(resources.files("sfsep").joinpath("demo", "validation.json").read_text(encoding="utf-8"))
 

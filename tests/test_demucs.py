@@ -22,7 +22,6 @@ from sfsep.models.demucs import (
 from parity import TOLERANCE, load_fixture, load_manifest
 
 
-
 def loaded(builder, fixture: dict) -> torch.nn.Module:
     model = builder(fixture["config"]).eval()
     model.load_state_dict(fixture["state_dict"], strict=True)
@@ -32,14 +31,6 @@ def loaded(builder, fixture: dict) -> torch.nn.Module:
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
-
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone_mix
+from conftest import interrupt_once_staged, tone_mix
 
 STEMS = ("vocals", "drums", "bass", "other")
 ENV = {**os.environ, "SFSEP_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
@@ -118,18 +118,7 @@ def test_one_ctrl_c_stops_a_batch_at_once(tmp_path, jobs):
     process = subprocess.Popen([str(script), "batch", str(music), "--model", "classic", "--out", str(out),
                                 "--jobs", str(jobs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=ENV)
-    deadline = time.monotonic() + 300
-    while (not list(out.glob("classic/*/.*.part.*")) and time.monotonic() < deadline
-           and process.poll() is None):
-        time.sleep(0.02)
-    assert process.poll() is None, "the batch ended before its first stems were staged"
-    process.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    try:
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    stopped = time.monotonic() - sent
+    err, stopped = interrupt_once_staged(process, out)
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
     assert not list(out.rglob("*.part*")), list(out.rglob("*"))

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from conftest import CliResult, files_below, one_line_error, tone_mix
+from conftest import CliResult, files_below, interrupt_once_staged, one_line_error, tone_mix
 from test_eval import make_musdb
 
 ENV = {**os.environ, "SFSEP_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
@@ -224,16 +223,7 @@ def test_ctrl_c_stops_the_workers_and_says_how_many_files_were_stored(tmp_path, 
     process = subprocess.Popen([str(script), "batch", str(music), "--model", "classic", "--out", str(out), "--engine",
                                 "ray", "--address", ray_cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=joining)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("classic/*/.*.part.*")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    assert process.poll() is None, ("the batch ended before its first stems were staged", process.communicate())
-    process.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    try:
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    err, stopped = interrupt_once_staged(process, out)
     assert process.returncode == 130, err
     match = re.search(r"interrupted: (\d+) file\(s\) separated and stored before it", err)
     assert match and "Traceback" not in err, err
@@ -241,7 +231,7 @@ def test_ctrl_c_stops_the_workers_and_says_how_many_files_were_stored(tmp_path, 
     sets = {name: len(list((out / "classic" / name).glob("*.wav"))) for name in names}
     assert set(sets.values()) <= {0, 4}, sets
     assert sum(1 for count in sets.values() if count) == int(match.group(1)) < len(names), (sets, err)
-    assert time.monotonic() - sent < 30  # the running files stopped at their next chunk
+    assert stopped < 30  # the running files stopped at their next chunk
 
 
 # ----------------------------------------------------------------------------------------
