@@ -164,6 +164,10 @@ def test_eval_on_generated_clips_scores_the_demo_above_noise(tmp_path):
     assert summary.rows == [("none", 44100)]
     assert summary.targets == ("vocals", "accompaniment")
     assert all(summary.value(("none", 44100), target) > 0 for target in summary.targets)
+    from sfsep.evaluate.report import markdown_table
+
+    title = markdown_table(summary).splitlines()[0]
+    assert "generated clips (musdb)" in title and "MUSDB18-HQ" not in title, title
 
 
 @pytest.mark.parametrize("command", ["consistency", "lee"])

@@ -286,7 +286,8 @@ def demo_separator(weights: str | os.PathLike | None = None):
 def evaluate_on_clips(separator, root: Path, out: Path, *, rates: Sequence[int], resamplers: Sequence[str],
                       metrics: Sequence[str] = ("sdr",), seed: int = 0, force: bool = True):
     """`sfsep eval`'s evaluation (sfsep.evaluate.runner.evaluate) of a separator on the "test" tracks of
-    a MUSDB18-HQ-like folder; returns the summary (sfsep.evaluate.report.Summary)."""
+    a MUSDB18-HQ-like folder of generated clips; returns the summary (sfsep.evaluate.report.Summary),
+    whose tables name the clips, not MUSDB18-HQ."""
     from ..evaluate.musdb import list_tracks
     from ..evaluate.report import summarize
     from ..evaluate.runner import evaluate
@@ -294,7 +295,9 @@ def evaluate_on_clips(separator, root: Path, out: Path, *, rates: Sequence[int],
     tracks = list_tracks(root, "test")
     run = evaluate(separator, tracks, out / separator.name, rates=rates, resamplers=resamplers,
                    metrics=tuple(metrics), seed=seed, force=force)
-    return summarize(run)
+    summary = summarize(run)
+    summary.dataset = f"sfsep.demo's generated clips ({root.name})"  # a MUSDB-like folder, not MUSDB18-HQ
+    return summary
 
 
 def validation_tables(weights: str | os.PathLike | None, out: Path, *, seed: int = 0, clips: int = 16,

@@ -86,6 +86,8 @@ class Summary:
     stats: dict[tuple[str, int], dict[str, dict[str, TrackAggregate]]]
     facts: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    """What the tracks are, for titles; None: MUSDB18-HQ and the subset."""
 
     @property
     def resamplers(self) -> list[str]:
@@ -172,7 +174,8 @@ def _cell(value: float) -> str:
 
 
 def _title(summary: Summary) -> str:
-    return (f"{summary.model} on MUSDB18-HQ {summary.subset} ({len(summary.tracks)} track"
+    dataset = summary.dataset or f"MUSDB18-HQ {summary.subset}"
+    return (f"{summary.model} on {dataset} ({len(summary.tracks)} track"
             f"{'s' if len(summary.tracks) != 1 else ''}): {HEADLINE_LABELS.get(summary.headline, summary.headline)}"
             f", dB")
 
