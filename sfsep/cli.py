@@ -528,6 +528,5 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-
 if __name__ == "__main__":
     main()
