@@ -2,22 +2,22 @@
 
 Eight short files (synthetic stereo music, `--seconds` each at 44.1 kHz) are separated with
 `--model classic` (no weights) by the library calls the command line makes
-(`runs.separate_folder`):
-  - local: the local engine with --jobs 2 (two files at a time, one torch thread each: the same
-    parallelism as two Ray workers of one CPU);
-  - ray:   --engine ray --workers 2 --cpus-per-worker 1 on a local Ray instance started once
-    before (`ray.init(num_cpus=2)`, as a running cluster joined with --address is), so what is
-    timed is the engine's own cost: creating the two workers, shipping the model through the
-    object store, one actor task per file, the results back.
-Two fixed costs are timed separately: the Ray instance's start (a run without --address pays it
-once, about 5 s on a quiet machine; a run joining a cluster does not), and the start of two
-workers (new Python processes that import torch and sfsep; every run pays it, and it is part of
-the ray time above).
+(`runs.separate_folder`), on a local Ray instance started once before (`ray.init(num_cpus=2)`,
+as a running cluster joined with --address is):
+  - local:      the local engine with --jobs 2 (two files at a time, one torch thread each: the
+                same parallelism as two Ray workers of one CPU);
+  - ray, cold:  --engine ray --workers 2 --cpus-per-worker 1, as every command-line run does it:
+                two workers started for the run (new Python processes that import torch and
+                sfsep), the model shipped through the object store, one actor task per file, the
+                results back, the workers ended;
+  - ray, kept:  the same run by a program that keeps its workers between runs
+                (`RayEngine.keep_workers()`): the second run of such a block, whose workers are
+                already up. What it costs beyond local is Ray's cost per file.
+The instance's own start is timed once (a run without --address pays it too).
 
-Printed per run: seconds, files per minute; then Ray's overhead per file, (ray - local) / files,
-the ratio ray / local (target: at most 1.10, i.e. at most 10% slower), and the same without the
-workers' start (the cost per file once the workers run: what more files, or longer ones, tend
-to). Each engine runs `--repeats` times, alternating, and the best time of each is compared.
+Printed per run: seconds, files per minute; then, from the best of `--repeats` runs of each,
+Ray's overhead per file, (kept - local) / files, and ray / local for kept workers (target: at
+most 1.10, i.e. at most 10% slower) and for a cold run, whose difference is the workers' start.
 The load average is printed first and last: the machine is shared, and a ratio measured at a
 load above 2 (more runnable processes than its 2 cores) is not trustworthy; the script says so.
 
@@ -75,20 +75,6 @@ def _run(music: Path, out: Path, **engine) -> float:
     return seconds
 
 
-def _worker_start(ray, count: int) -> float:
-    """Seconds until `count` fresh engine workers answer (what each run pays before its first file)."""
-    from sfsep.ray_engine import SeparationWorker
-
-    tick = time.perf_counter()
-    worker_class = ray.remote(SeparationWorker).options(num_cpus=1, max_concurrency=2)
-    workers = [worker_class.remote("cpu", 1) for _ in range(count)]
-    ray.get([worker.stop.remote() for worker in workers])
-    seconds = time.perf_counter() - tick
-    for worker in workers:
-        ray.kill(worker, no_restart=True)
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=8)
@@ -113,31 +99,35 @@ def main() -> None:
         print(f"ray.init(num_cpus=2): the local Ray instance started in {started:.1f} s (paid once by a run "
               f"without --address)", flush=True)
         engine = RayEngine(workers=2, cpus_per_worker=1)
-        times: dict[str, list[float]] = {"local --jobs 2": [], "ray --workers 2": []}
+        names = ("local --jobs 2", "ray, cold", "ray, kept")
+        times: dict[str, list[float]] = {name: [] for name in names}
+
+        def timed(repeat: int, name: str, **options) -> None:
+            seconds = _run(music, out / name.split()[-1], **options)
+            times[name].append(seconds)
+            print(f"  run {repeat + 1}, {name:<15} {seconds:7.2f} s  {args.files / seconds * 60:6.1f} files/min   "
+                  f"({_load()})", flush=True)
+
         try:
-            workers_start = _worker_start(ray, 2)
-            print(f"two fresh Ray workers answered after {workers_start:.1f} s (each run pays this)", flush=True)
             for repeat in range(args.repeats):
-                for name, options in (("local --jobs 2", {"jobs": 2}), ("ray --workers 2", {"engine": engine})):
-                    seconds = _run(music, out / name.split()[0], **options)
-                    times[name].append(seconds)
-                    print(f"  run {repeat + 1}, {name:<16} {seconds:7.2f} s  {args.files / seconds * 60:6.1f} "
-                          f"files/min   ({_load()})", flush=True)
+                timed(repeat, names[0], jobs=2)
+                timed(repeat, names[1], engine=engine)
+                with engine.keep_workers() as kept:
+                    _run(music, out / "warm-up", engine=kept)  # the block's first run: its workers start
+                    timed(repeat, names[2], engine=kept)
         finally:
             ray.shutdown()
 
-    local, on_ray = min(times["local --jobs 2"]), min(times["ray --workers 2"])
-    print(f"best: local {local:.2f} s ({args.files / local * 60:.1f} files/min), ray {on_ray:.2f} s "
-          f"({args.files / on_ray * 60:.1f} files/min)")
-    print(f"Ray's overhead per file: {(on_ray - local) / args.files:+.2f} s; ray / local = {on_ray / local:.3f} "
-          f"(target <= 1.10{', met' if on_ray / local <= 1.10 else ', NOT met'}); with the instance's start: "
-          f"{(on_ray + started) / local:.3f}")
-    steady = on_ray - workers_start
-    print(f"without the workers' start ({workers_start:.1f} s): {(steady - local) / args.files:+.2f} s per file, "
-          f"ray / local = {steady / local:.3f}")
+    local, cold, kept = (min(times[name]) for name in names)
+    print(f"best: local {local:.2f} s ({args.files / local * 60:.1f} files/min), ray cold {cold:.2f} s "
+          f"({args.files / cold * 60:.1f} files/min), ray kept {kept:.2f} s ({args.files / kept * 60:.1f} files/min)")
+    print(f"Ray's overhead per file (kept workers): {(kept - local) / args.files:+.2f} s; ray / local = "
+          f"{kept / local:.3f} (target <= 1.10{', met' if kept / local <= 1.10 else ', NOT met'})")
+    print(f"a cold run (what each command-line run pays): ray / local = {cold / local:.3f}; the workers' start "
+          f"{cold - kept:.1f} s; with the instance's start (a run without --address): {(cold + started) / local:.3f}")
     print(_load())
     if max(os.getloadavg()[:2]) > 2:
-        print("the load was above 2 on 2 cores: other processes shared the CPUs, so this ratio is not "
+        print("the load was above 2 on 2 cores: other processes shared the CPUs, so these ratios are not "
               "trustworthy; run it again on a quiet machine")
 
 

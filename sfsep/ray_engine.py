@@ -15,6 +15,8 @@ What runs where
   which reads the input and publishes its stems into --out exactly as the local engine does) or
   one per (track, rate, resampler) of `eval` (`CellJob.compute`, which returns the record to the
   driver). A Ray `ActorPool` hands the next file or cell to whichever worker is free.
+  The workers start with the run and end with it (as every command-line run does), or, for a
+  program that makes several runs, start once for all of them (`RayEngine.keep_workers()`).
 So the input files, --out and the MUSDB folder must be at the same path on every node (a shared
 file system); the model need not be.
 
@@ -54,12 +56,13 @@ installed that is one error naming the `sfsep[ray]` extra.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -104,6 +107,8 @@ class RayEngine:
     workers: int | None = None
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    kept: tuple | None = field(default=None, repr=False, compare=False)
+    """The workers of a `keep_workers()` block (not an option: set by that method)."""
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -114,6 +119,35 @@ class RayEngine:
             raise UsageError(f"--gpus-per-worker {self.gpus_per_worker:g}: must not be negative")
         if self.address is not None and not self.address.strip():
             raise UsageError("--address: give auto, HOST:PORT or ray://HOST:PORT")
+
+    @contextmanager
+    def keep_workers(self) -> Iterator["RayEngine"]:
+        """An engine whose workers start now and serve every run made with it inside the block.
+
+        A run with a plain engine starts its workers and ends them after it (what the command
+        line does: a few seconds per run, new processes importing torch). A program that runs
+        several batches or evaluations in a row pays that once here; the workers start at once,
+        while the caller goes on (loading its model, checking its inputs), and they are ended
+        when the block ends. Between runs a worker holds no model and no audio, but it keeps the
+        CPUs and GPUs Ray gave it: other jobs on the cluster cannot use them until the block
+        ends. Ray is joined or started as a run would (and a Ray instance started here lasts
+        the block).
+
+            with RayEngine(workers=4).keep_workers() as engine:
+                for folder in folders:
+                    separate_folder(folder, model, output, engine=engine)
+        """
+        if self.kept is not None:
+            yield self
+            return
+        ray = import_ray()
+        with self._session(ray):
+            workers = self._start_workers(ray, self._worker_count(ray, None))
+            try:
+                yield replace(self, kept=tuple(workers))
+            finally:
+                for worker in workers:
+                    ray.kill(worker, no_restart=True)
 
     # ---- the two kinds of run --------------------------------------------------------------
 
@@ -128,7 +162,7 @@ class RayEngine:
         A file whose worker died on every try is a failed result."""
         self.check_device(settings.device)
         items = [(Path(path), track, output, settings) for path, track in work]
-        for (path, _, _, _), value in self._run(separator, settings.device, "separate", items):
+        for (path, _, _, _), value in self._run(separator, "separate", items):
             if isinstance(value, WorkerLost):
                 yield FileResult(path, "failed", error=f"{path}: {value.reason}")
             else:
@@ -140,7 +174,7 @@ class RayEngine:
         A cell whose worker died on every try stops the run (ClusterError)."""
         self.check_device(job.settings.device)
         items = [(cell, job) for cell in cells]
-        for (cell, _), value in self._run(separator, job.settings.device, "evaluate", items):
+        for (cell, _), value in self._run(separator, "evaluate", items):
             if isinstance(value, WorkerLost):
                 raise ClusterError(f"{cell.track.name} @ {cell.rate} Hz, {cell.resampler}: {value.reason}; the "
                                    f"results stored so far stay stored, and a rerun resumes from them")
@@ -158,11 +192,11 @@ class RayEngine:
             raise UsageError(f"--gpus-per-worker {self.gpus_per_worker:g} with --device {device}: the workers "
                              f"would hold GPUs they do not use; use --device auto or cuda")
 
-    def _run(self, separator: Separator, device: str, method: str, items: list[tuple]
-             ) -> Iterator[tuple[tuple, Any]]:
-        """Call `SeparationWorker.<method>(index, *item)` once per item on a pool of workers;
-        yields (item, value) as each finishes, value a `WorkerLost` when the item's worker died
-        on every try. An error raised by the work itself (SfsepError, OSError, ...) stops the
+    def _run(self, separator: Separator, method: str, items: list[tuple]) -> Iterator[tuple[tuple, Any]]:
+        """Call `SeparationWorker.<method>(index, *item)` once per item on a pool of workers
+        (new ones, ended after the run, or those of `keep_workers`, left idle after it); yields
+        (item, value) as each finishes, value a `WorkerLost` when the item's worker died on
+        every try. An error raised by the work itself (SfsepError, OSError, ...) stops the
         workers and is raised here, as the local engine raises it."""
         if not items:
             return
@@ -171,18 +205,14 @@ class RayEngine:
         from ray.util import ActorPool
 
         with self._session(ray):
-            count = self._worker_count(ray, len(items))
-            log.debug("ray: %d worker(s) of %g CPU, %g GPU for %d task(s)", count, self.cpus_per_worker,
-                      self.gpus_per_worker, len(items))
-            worker_class = ray.remote(SeparationWorker).options(
-                num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=-1,
-                max_task_retries=TASK_RETRIES, max_concurrency=2)  # 2: `stop` runs beside the work
+            if self.kept is not None:
+                workers = list(self.kept[:len(items)])
+            else:
+                workers = self._start_workers(ray, self._worker_count(ray, len(items)))
             # Each task names the model in the object store (in a list: the worker takes it from
             # there itself, once, and again after a restart). Not a constructor argument: Ray
             # warns on stderr about those when the actor may restart.
             model = [ray.put(separator)]
-            threads = max(1, int(self.cpus_per_worker))
-            workers = [worker_class.remote(device, threads, os.environ.get(KILL_HOOK)) for _ in range(count)]
             pool = ActorPool(workers)
             running: dict[Any, int] = {}  # the tasks handed to a worker and not yet returned: ref -> index
 
@@ -227,8 +257,11 @@ class RayEngine:
                 yield from self._stop(ray, workers, running, items, hand_over=True)
                 raise
             finally:
-                for worker in workers:
-                    ray.kill(worker, no_restart=True)
+                if self.kept is None:
+                    for worker in workers:
+                        ray.kill(worker, no_restart=True)
+                else:
+                    _idle(ray, workers)
 
     def _stop(self, ray, workers: list, running: dict, items: list[tuple], hand_over: bool
               ) -> Iterator[tuple[tuple, Any]]:
@@ -281,10 +314,19 @@ class RayEngine:
         finally:
             ray.shutdown()
 
-    def _worker_count(self, ray, tasks: int) -> int:
-        """--workers, or as many as the cluster's resources hold; never more than the tasks, and
-        never more than the cluster can ever place (a worker that cannot be placed would hold its
-        share of the tasks forever)."""
+    def _start_workers(self, ray, count: int) -> list:
+        """`count` new workers (Ray starts their processes while the caller goes on)."""
+        log.debug("ray: starting %d worker(s) of %g CPU, %g GPU", count, self.cpus_per_worker, self.gpus_per_worker)
+        worker_class = ray.remote(SeparationWorker).options(
+            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=-1,
+            max_task_retries=TASK_RETRIES, max_concurrency=2)  # 2: `stop` runs beside the work
+        threads = max(1, int(self.cpus_per_worker))
+        return [worker_class.remote(threads, os.environ.get(KILL_HOOK)) for _ in range(count)]
+
+    def _worker_count(self, ray, tasks: int | None) -> int:
+        """--workers, or as many as the cluster's resources hold; never more than the tasks (when
+        given), and never more than the cluster can ever place (a worker that cannot be placed
+        would hold its share of the tasks forever)."""
         resources = ray.cluster_resources()
         fits = int(resources.get("CPU", 0) // self.cpus_per_worker)
         if self.gpus_per_worker > 0:
@@ -301,7 +343,19 @@ class RayEngine:
             log.warning(f"--workers {count}: the Ray cluster holds {fits} worker(s) of {self.cpus_per_worker:g} "
                         f"CPU and {self.gpus_per_worker:g} GPU; running {fits}")
             count = fits
-        return max(1, min(count, tasks))
+        return max(1, count if tasks is None else min(count, tasks))
+
+
+def _idle(ray, workers: list) -> None:
+    """Kept workers after a run: each lets go of the model and the audio and forgets a stop, so
+    that the next run starts clean. A worker that does not answer is left as it is (the next
+    run's tasks on it then fail as a dead worker's do)."""
+    from ray.exceptions import GetTimeoutError, RayError
+
+    try:
+        ray.get([worker.idle.remote() for worker in workers], timeout=STOP_SECONDS)
+    except (RayError, GetTimeoutError) as exc:
+        log.warning(f"ray: a kept worker did not become idle ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
 
 
 def _check_reachable(address: str) -> None:
@@ -387,33 +441,35 @@ class SeparationWorker:
     then ends at its next chunk, as the local engine's threads do after Ctrl-C, and returns
     (index, None)."""
 
-    def __init__(self, device: str, threads: int, kill_marker: str | None = None):
+    def __init__(self, threads: int, kill_marker: str | None = None):
         import torch
 
         torch.set_num_threads(threads)
-        self.device, self.kill_marker = device, kill_marker
+        self.kill_marker = kill_marker
         self.stopping = threading.Event()
-        self.loaded: tuple[Any, Separator] | None = None  # (the model's object ref, the separator on our device)
+        self.loaded: tuple[Any, str, Separator] | None = None  # (the model's object ref, device, the separator there)
         self.audio: TrackAudio | None = None  # eval: the last track's audio, for its next cells
 
-    def _separator(self, model: list) -> Separator:
+    def _separator(self, model: list, device: str) -> Separator:
         import ray
 
-        if self.loaded is None or self.loaded[0] != model[0]:
-            self.loaded = model[0], ray.get(model[0]).on_device(self.device)
-        return self.loaded[1]
+        if self.loaded is None or self.loaded[:2] != (model[0], device):
+            self.loaded = None  # the last run's model goes before the next one comes
+            self.loaded = model[0], device, ray.get(model[0]).on_device(device)
+        return self.loaded[2]
 
     def separate(self, model: list, index: int, path: Path, track: str, output: OutputOptions, settings: Settings
                  ) -> tuple[int, FileResult | None]:
-        separator = self._separator(model)
+        separator = self._separator(model, settings.device)
         try:
             return index, separate_one(path, separator, output, settings, track, progress=self._between_chunks)
         except KeyboardInterrupt:
             return index, None
 
     def evaluate(self, model: list, index: int, cell: Cell, job: CellJob) -> tuple[int, CellOutcome | None]:
-        separator = self._separator(model)
+        separator = self._separator(model, job.settings.device)
         if self.audio is None or self.audio.track != cell.track:
+            self.audio = None
             self.audio = TrackAudio(cell.track, job.targets)
         try:
             return index, job.compute(cell, separator, self.audio, self._between_chunks)
@@ -422,6 +478,12 @@ class SeparationWorker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def idle(self) -> None:
+        """Between the runs of `RayEngine.keep_workers`: no model, no audio, no stop pending."""
+        self.loaded = self.audio = None
+        self.stopping.clear()
+        gc.collect()
 
     def _between_chunks(self, done: int, total: int) -> None:
         if self.stopping.is_set():

@@ -201,6 +201,54 @@ def test_a_worker_killed_mid_file_is_retried_and_leaves_nothing_half_written(run
 
 
 @on_ray
+def test_kept_workers_start_once_serve_several_runs_and_end_with_the_block(tmp_path, ray_cluster, monkeypatch):
+    """`RayEngine.keep_workers()`, for a program that makes several runs: the workers start when
+    the block begins and serve each run, hold no model between runs, start the next run clean
+    after one was stopped half way (the caller stopped listening), and end with the block."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    from sfsep.pipeline import ModelChoice, OutputOptions, Settings
+    from sfsep.ray_engine import RayEngine
+    from sfsep.runs import separate_folder
+
+    music = _music(tmp_path / "music", seconds=2.0)
+    (music / "broken.wav").unlink()
+    model, settings = ModelChoice("classic", device="cpu"), Settings(device="cpu")
+    separate_folder(music, model, OutputOptions(out=tmp_path / "local"), settings, recursive=True)
+    started: list[int] = []
+    start = RayEngine._start_workers
+    monkeypatch.setattr(RayEngine, "_start_workers",
+                        lambda engine, ray, count: started.append(count) or start(engine, ray, count))
+
+    with RayEngine(workers=2).keep_workers() as engine:
+        assert started == [2] and len(engine.kept) == 2
+        first = separate_folder(music, model, OutputOptions(out=tmp_path / "first"), settings, recursive=True,
+                                engine=engine)
+        assert first.counts()["done"] == 3 and _contents(tmp_path / "first") == _contents(tmp_path / "local")
+        held = ray.get([worker.__ray_call__.remote(lambda worker: (worker.loaded, worker.audio))
+                        for worker in engine.kept], timeout=60)
+        assert held == [(None, None), (None, None)]
+
+        # a run whose caller stops listening after its first file: the workers are told to stop
+        separator = engine.load(model)
+        songs = sorted(music.rglob("*.wav"))
+        results = engine.separate(separator, [(path, path.stem) for path in songs],
+                                  OutputOptions(out=tmp_path / "stopped" / "classic"), settings)
+        assert next(results).status == "done"
+        results.close()
+
+        second = separate_folder(music, model, OutputOptions(out=tmp_path / "second"), settings, recursive=True,
+                                 engine=engine)
+        assert [result.status for result in second.results] == ["done"] * 3, second.results
+        assert _contents(tmp_path / "second") == _contents(tmp_path / "local")
+        assert started == [2]  # no worker started for the runs
+        workers = engine.kept
+    with pytest.raises(RayActorError):
+        ray.get(workers[0].idle.remote(), timeout=60)
+
+
+@on_ray
 def test_gpus_the_cluster_does_not_have_are_one_error(run_cli, tmp_path, ray_cluster):
     music = _music(tmp_path / "music", seconds=0.3, count=1)
     (music / "broken.wav").unlink()
