@@ -203,11 +203,13 @@ def test_a_worker_killed_mid_file_is_retried_and_leaves_nothing_half_written(run
 @on_ray
 def test_kept_workers_start_once_serve_several_runs_and_end_with_the_block(tmp_path, ray_cluster, monkeypatch):
     """`RayEngine.keep_workers()`, for a program that makes several runs: the workers start when
-    the block begins and serve each run, hold no model between runs, start the next run clean
-    after one was stopped half way (the caller stopped listening), and end with the block."""
+    the block begins and serve each run (batches and an evaluation, with the local engine's
+    results), hold no model and no audio between runs, start the next run clean after one was
+    stopped half way (the caller stopped listening), and end with the block."""
     import ray
     from ray.exceptions import RayActorError
 
+    from sfsep.evaluate.runner import evaluate_model
     from sfsep.pipeline import ModelChoice, OutputOptions, Settings
     from sfsep.ray_engine import RayEngine
     from sfsep.runs import separate_folder
@@ -242,8 +244,21 @@ def test_kept_workers_start_once_serve_several_runs_and_end_with_the_block(tmp_p
                                  engine=engine)
         assert [result.status for result in second.results] == ["done"] * 3, second.results
         assert _contents(tmp_path / "second") == _contents(tmp_path / "local")
+        # and an evaluation, whose cells hold a track's audio on the workers
+        root = make_musdb(tmp_path / "musdb")
+        options = dict(rates=[8000], resamplers=["noisy"], settings=settings, seed=3)
+        scored, _ = evaluate_model(model, root, tmp_path / "eval-ray", engine=engine, **options)
         assert started == [2]  # no worker started for the runs
+        held = ray.get([worker.__ray_call__.remote(lambda worker: (worker.loaded, worker.audio))
+                        for worker in engine.kept], timeout=60)
+        assert held == [(None, None), (None, None)]
         workers = engine.kept
+    here, _ = evaluate_model(model, root, tmp_path / "eval-local", **options)
+
+    def records(run) -> list[dict]:  # each result's record, but for its run times
+        return [{key: value for key, value in result.record.items() if key != "seconds"} for result in run.results]
+
+    assert len(here.results) == 2 and records(scored) == records(here)
     with pytest.raises(RayActorError):
         ray.get(workers[0].idle.remote(), timeout=60)
 
