@@ -181,6 +181,19 @@ def _run_files(run, names, *, json_lines: bool = False, lines: bool = True, over
             raise
 
 
+@contextmanager
+def _workers_now(engine, start: bool, most: int | None = None) -> Iterator:
+    """--engine ray (`engine` not None) and `start`: the workers start now, so that their start
+    (new processes importing torch) runs while this process imports torch, checks the run and
+    loads the model; they end with the block. Otherwise the engine as it is (a Ray run then
+    starts its workers when its first task is ready)."""
+    if engine is None or not start:
+        yield engine
+        return
+    with engine.keep_workers(most=most) as kept:
+        yield kept
+
+
 @command(app)
 def separate(files: Files, model: ModelFlags, run: RunFlags, output: OutputFlags, as_json: Json = False) -> None:
     """Split audio files into stems, written at each file's own sampling rate; a file that fails
@@ -214,15 +227,19 @@ def batch(
     With --engine ray the files are separated on a Ray cluster: the folder and --out must be at
     the same path on every node (a shared file system), since each worker reads its inputs and
     publishes its stems there."""
-    from .runs import RunReport, separate_folder
-
     engine = cluster.choice(model.device)
-    settings, options = run.settings(model.device), output.options()
-    report = _run_files(lambda **hooks: separate_folder(folder, model.choice(_bars()), options, settings, recursive=recursive,
-                                                        skip_existing=skip_existing, jobs=jobs, engine=engine,
-                                                        **hooks),
-                        RunReport(root=folder, skip_existing=skip_existing), json_lines=as_json, lines=not as_json,
-                        overall=True)
+    # (a run whose folder or options are refused at once starts no worker: those errors come first)
+    early = engine is not None and folder.is_dir() and jobs == 1 and not (skip_existing and output.overwrite)
+    with _workers_now(engine, early, most=sum(1 for path in folder.glob("**/*" if recursive else "*")
+                                              if path.is_file()) if early else None) as engine:
+        from .runs import RunReport, separate_folder
+
+        settings, options = run.settings(model.device), output.options()
+        report = _run_files(lambda **hooks: separate_folder(folder, model.choice(_bars()), options, settings,
+                                                            recursive=recursive, skip_existing=skip_existing,
+                                                            jobs=jobs, engine=engine, **hooks),
+                            RunReport(root=folder, skip_existing=skip_existing), json_lines=as_json,
+                            lines=not as_json, overall=True)
     if not as_json:
         _say(report.table(f"sfsep batch: {folder} ({report.model})"))
     if report.failed:
@@ -335,11 +352,12 @@ def eval_command(
     With --engine ray each result (track, rate, resampler) is one task on a Ray cluster: the
     MUSDB folder must be at the same path on every node; results are stored here as they
     arrive, in the same store as the local engine's."""
-    from .evaluate.report import closing_lines, rich_table, summarize, summary_document, write_all
-    from .evaluate.runner import evaluate_model
-
     engine = cluster.choice(model.device)
-    with _progress(enabled=not as_json, unit="{task.fields[unit]}") as bar:
+    with _workers_now(engine, musdb is None or Path(musdb).is_dir()) as engine, \
+            _progress(enabled=not as_json, unit="{task.fields[unit]}") as bar:
+        from .evaluate.report import closing_lines, rich_table, summarize, summary_document, write_all
+        from .evaluate.runner import evaluate_model
+
         task = bar.add_task("eval", total=None, unit="results")
         chunks = bar.add_task("separating", total=None, unit="chunks", visible=False)
         tally = {"computed": 0, "stored": 0, "total": 0}

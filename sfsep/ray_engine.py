@@ -15,8 +15,10 @@ What runs where
   which reads the input and publishes its stems into --out exactly as the local engine does) or
   one per (track, rate, resampler) of `eval` (`CellJob.compute`, which returns the record to the
   driver). A Ray `ActorPool` hands the next file or cell to whichever worker is free.
-  The workers start with the run and end with it (as every command-line run does), or, for a
-  program that makes several runs, start once for all of them (`RayEngine.keep_workers()`).
+  The workers start with the run and end with it, or start once for several runs
+  (`RayEngine.keep_workers()`; the command line uses it for its one run, so that the workers
+  start before the driver imports torch: this module imports neither torch nor the rest of
+  sfsep until a worker or a run needs them).
 So the input files, --out and the MUSDB folder must be at the same path on every node (a shared
 file system); the model need not be.
 
@@ -64,12 +66,13 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import ClusterError, UsageError
-from .evaluate.runner import Cell, CellJob, CellOutcome, TrackAudio
-from .pipeline import FileResult, ModelChoice, OutputOptions, Separator, Settings
-from .runs import separate_one
+
+if TYPE_CHECKING:  # imported where they are used: this module loads without torch (see keep_workers)
+    from .evaluate.runner import Cell, CellJob, CellOutcome, TrackAudio
+    from .pipeline import FileResult, ModelChoice, OutputOptions, Separator, Settings
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +124,9 @@ class RayEngine:
             raise UsageError("--address: give auto, HOST:PORT or ray://HOST:PORT")
 
     @contextmanager
-    def keep_workers(self) -> Iterator["RayEngine"]:
-        """An engine whose workers start now and serve every run made with it inside the block.
+    def keep_workers(self, most: int | None = None) -> Iterator["RayEngine"]:
+        """An engine whose workers start now and serve every run made with it inside the block
+        (`most`: start no more workers than this, e.g. the files to come).
 
         A run with a plain engine starts its workers and ends them after it (what the command
         line does: a few seconds per run, new processes importing torch). A program that runs
@@ -131,7 +135,8 @@ class RayEngine:
         when the block ends. Between runs a worker holds no model and no audio, but it keeps the
         CPUs and GPUs Ray gave it: other jobs on the cluster cannot use them until the block
         ends. Ray is joined or started as a run would (and a Ray instance started here lasts
-        the block).
+        the block). The command line uses it for its one run: the workers start before the
+        driver imports torch, checks the inputs and loads the model, rather than after.
 
             with RayEngine(workers=4).keep_workers() as engine:
                 for folder in folders:
@@ -142,7 +147,7 @@ class RayEngine:
             return
         ray = import_ray()
         with self._session(ray):
-            workers = self._start_workers(ray, self._worker_count(ray, None))
+            workers = self._start_workers(ray, self._worker_count(ray, most))
             try:
                 yield replace(self, kept=tuple(workers))
             finally:
@@ -160,6 +165,8 @@ class RayEngine:
                  settings: Settings) -> Iterator[FileResult]:
         """`runs.separate_one` for each (path, track), one actor task each; results as they finish.
         A file whose worker died on every try is a failed result."""
+        from .pipeline import FileResult
+
         self.check_device(settings.device)
         items = [(Path(path), track, output, settings) for path, track in work]
         for (path, _, _, _), value in self._run(separator, "separate", items):
@@ -355,7 +362,8 @@ def _idle(ray, workers: list) -> None:
     try:
         ray.get([worker.idle.remote() for worker in workers], timeout=STOP_SECONDS)
     except (RayError, GetTimeoutError) as exc:
-        log.warning(f"ray: a kept worker did not become idle ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning(f"ray: a kept worker did not become idle ({first})")
 
 
 def _check_reachable(address: str) -> None:
@@ -444,6 +452,9 @@ class SeparationWorker:
     def __init__(self, threads: int, kill_marker: str | None = None):
         import torch
 
+        from . import runs  # noqa: F401 (what the tasks run, imported now: while the worker starts)
+        from .evaluate import runner  # noqa: F401
+
         torch.set_num_threads(threads)
         self.kill_marker = kill_marker
         self.stopping = threading.Event()
@@ -460,6 +471,8 @@ class SeparationWorker:
 
     def separate(self, model: list, index: int, path: Path, track: str, output: OutputOptions, settings: Settings
                  ) -> tuple[int, FileResult | None]:
+        from .runs import separate_one
+
         separator = self._separator(model, settings.device)
         try:
             return index, separate_one(path, separator, output, settings, track, progress=self._between_chunks)
@@ -467,6 +480,8 @@ class SeparationWorker:
             return index, None
 
     def evaluate(self, model: list, index: int, cell: Cell, job: CellJob) -> tuple[int, CellOutcome | None]:
+        from .evaluate.runner import TrackAudio
+
         separator = self._separator(model, job.settings.device)
         if self.audio is None or self.audio.track != cell.track:
             self.audio = None

@@ -173,6 +173,56 @@ def test_batch_on_ray_equals_the_local_engine_bit_for_bit(run_cli, tmp_path, ray
 
 
 
+# Runs the command line, printing at each start of Ray workers how many and whether this
+# process had imported torch by then.
+_NOTING_STARTS = """
+import sys
+from sfsep.ray_engine import RayEngine
+
+start = RayEngine._start_workers
+
+def noted(engine, ray, count):
+    print(f"workers started: {count}, torch imported: {'torch' in sys.modules}", flush=True)
+    return start(engine, ray, count)
+
+RayEngine._start_workers = noted
+from sfsep.cli import main
+main(sys.argv[1:])
+"""
+
+
+@on_ray
+def test_the_command_line_starts_its_workers_before_it_imports_torch(tmp_path, ray_cluster):
+    """`batch` and `eval` start the workers first, so that their start (new processes importing
+    torch) runs while the driver imports torch, checks the run and loads the model; no more
+    workers than files; and a run refused at once (no such folder, --jobs) starts none."""
+    music = _music(tmp_path / "music", seconds=0.3, count=1)
+    (music / "broken.wav").unlink()
+    joining = {**ENV, **os.environ}  # with the token ray.init set in this process for its cluster
+
+    def sfsep(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _NOTING_STARTS, *map(str, args), "--model", "classic",
+                               "--engine", "ray", "--address", ray_cluster], capture_output=True, text=True,
+                              env=joining, timeout=300)
+
+    done = sfsep("batch", music, "--out", tmp_path / "out")
+    assert done.returncode == 0, done
+    assert done.stdout.splitlines()[0] == "workers started: 1, torch imported: False", done.stdout
+    assert done.stdout.count("workers started") == 1
+    assert len(files_below(tmp_path / "out" / "classic")) == 4
+    root = make_musdb(tmp_path / "musdb")
+    done = sfsep("eval", "--musdb", root, "--rates", "8000", "--resamplers", "conventional", "--out",
+                 tmp_path / "eval", "--json")
+    assert done.returncode == 0, done
+    assert done.stdout.splitlines()[0] == "workers started: 2, torch imported: False", done.stdout
+    assert done.stdout.count("workers started") == 1
+
+    for refused, message in (([tmp_path / "nothing"], "no such folder"), ([music, "--jobs", "2"], "--jobs 2")):
+        done = sfsep("batch", *refused, "--out", tmp_path / "refused")
+        one_line_error(CliResult(done.returncode, done.stdout, done.stderr), message)
+        assert "workers started" not in done.stdout and not (tmp_path / "refused").exists()
+
+
 @on_ray
 def test_a_worker_killed_mid_file_is_retried_and_leaves_nothing_half_written(run_cli, tmp_path, ray_cluster,
                                                                              monkeypatch):
