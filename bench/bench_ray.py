@@ -18,8 +18,9 @@ The instance's own start is timed once (a run without --address pays it too).
 Printed per run: seconds, files per minute; then, from the best of `--repeats` runs of each,
 Ray's overhead per file, (kept - local) / files, and ray / local for kept workers (target: at
 most 1.10, i.e. at most 10% slower) and for a cold run, whose difference is the workers' start.
-The load average is printed first and last: the machine is shared, and a ratio measured at a
-load above 2 (more runnable processes than its 2 cores) is not trustworthy; the script says so.
+The load average is printed before, during and after the runs. The runs themselves keep two
+processes busy (a load of about 2 on this 2-core machine); a load above 1 before they start
+means other processes share the CPUs, and the script says its ratios are then not trustworthy.
 
     python bench/bench_ray.py [--files 8] [--seconds 20] [--repeats 2]
 """
@@ -87,6 +88,7 @@ def main() -> None:
     from sfsep.ray_engine import RayEngine
 
     torch.set_num_threads(1)  # the driver's own work (and --jobs 2: one thread per file)
+    before = os.getloadavg()[0]
     print(_load(), flush=True)
     with tempfile.TemporaryDirectory(prefix="sfsep-bench-ray-") as scratch:
         music, out = Path(scratch) / "music", Path(scratch) / "out"
@@ -126,9 +128,9 @@ def main() -> None:
     print(f"a cold run (what each command-line run pays): ray / local = {cold / local:.3f}; the workers' start "
           f"{cold - kept:.1f} s; with the instance's start (a run without --address): {(cold + started) / local:.3f}")
     print(_load())
-    if max(os.getloadavg()[:2]) > 2:
-        print("the load was above 2 on 2 cores: other processes shared the CPUs, so these ratios are not "
-              "trustworthy; run it again on a quiet machine")
+    if before > 1:
+        print(f"the 1-minute load was {before:.2f} before the runs: other processes were using the CPUs, so these "
+              f"ratios are not trustworthy; run it again on a quiet machine")
 
 
 if __name__ == "__main__":
