@@ -229,9 +229,10 @@ def batch(
     publishes its stems there."""
     engine = cluster.choice(model.device)
     # (a run whose folder or options are refused at once starts no worker: those errors come first)
-    early = engine is not None and folder.is_dir() and jobs == 1 and not (skip_existing and output.overwrite)
-    with _workers_now(engine, early, most=sum(1 for path in folder.glob("**/*" if recursive else "*")
-                                              if path.is_file()) if early else None) as engine:
+    files = sum(1 for path in folder.glob("**/*" if recursive else "*") if path.is_file()) \
+        if engine is not None and folder.is_dir() else 0
+    early = files > 0 and jobs == 1 and not (skip_existing and output.overwrite)
+    with _workers_now(engine, early, most=files) as engine:
         from .runs import RunReport, separate_folder
 
         settings, options = run.settings(model.device), output.options()

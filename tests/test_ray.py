@@ -195,7 +195,7 @@ main(sys.argv[1:])
 def test_the_command_line_starts_its_workers_before_it_imports_torch(tmp_path, ray_cluster):
     """`batch` and `eval` start the workers first, so that their start (new processes importing
     torch) runs while the driver imports torch, checks the run and loads the model; no more
-    workers than files; and a run refused at once (no such folder, --jobs) starts none."""
+    workers than files; and a run refused at once (no such folder, no files, --jobs) starts none."""
     music = _music(tmp_path / "music", seconds=0.3, count=1)
     (music / "broken.wav").unlink()
     joining = {**ENV, **os.environ}  # with the token ray.init set in this process for its cluster
@@ -217,7 +217,9 @@ def test_the_command_line_starts_its_workers_before_it_imports_torch(tmp_path, r
     assert done.stdout.splitlines()[0] == "workers started: 2, torch imported: False", done.stdout
     assert done.stdout.count("workers started") == 1
 
-    for refused, message in (([tmp_path / "nothing"], "no such folder"), ([music, "--jobs", "2"], "--jobs 2")):
+    (tmp_path / "empty").mkdir()
+    for refused, message in (([tmp_path / "nothing"], "no such folder"), ([tmp_path / "empty"], "no audio files"),
+                             ([music, "--jobs", "2"], "--jobs 2")):
         done = sfsep("batch", *refused, "--out", tmp_path / "refused")
         one_line_error(CliResult(done.returncode, done.stdout, done.stderr), message)
         assert "workers started" not in done.stdout and not (tmp_path / "refused").exists()
