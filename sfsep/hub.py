@@ -363,14 +363,11 @@ def check_file(path: Path, source) -> Check:
     if source.size is not None and size != source.size:
         return Check(path, False, None, f"size {size} bytes, models.toml expects {source.size}")
     digest = sha256_of(path)
-    if is_packaged(source):  # models.toml's digest is required for it (registry); no record is kept
+    packaged = is_packaged(source)  # models.toml's full sha256 is required for it (registry); no record is kept
+    if source.sha256 or packaged:
         if not checksum_matches(digest, source.sha256):
             return Check(path, False, digest, f"sha256 {digest[:16]}..., models.toml expects {source.sha256}")
-        return Check(path, True, digest)
-    if source.sha256:
-        if not checksum_matches(digest, source.sha256):
-            return Check(path, False, digest, f"sha256 {digest[:16]}..., models.toml expects {source.sha256}")
-        if _read_digest(record_path(source)) != digest:
+        if not packaged and _read_digest(record_path(source)) != digest:
             with contextlib.suppress(WeightsError):
                 _write_digest(source, digest)
         return Check(path, True, digest)
@@ -1190,7 +1187,7 @@ def human_size(size: int | None) -> str:
 
 __all__ = [
     "Check", "Reach", "cache_dir", "cache_files", "cache_status", "cached_path", "check_file", "checksum_matches",
-    "clean_cache", "ensure", "expected_path", "fetch_each", "is_packaged", "packaged_path", "fetch_model", "gdrive_base", "human_size", "offline_requested",
-    "probe", "record_path", "recorded_digest", "sha256_of", "source_host", "source_label", "verify_model",
-    "verify_source", "weights_dir", "where_expected",
+    "clean_cache", "ensure", "expected_path", "fetch_each", "fetch_model", "gdrive_base", "human_size", "is_packaged",
+    "offline_requested", "packaged_path", "probe", "record_path", "recorded_digest", "sha256_of", "source_host",
+    "source_label", "verify_model", "verify_source", "weights_dir", "where_expected",
 ]
