@@ -171,20 +171,18 @@ def low_rate_length(model_length: int, input_rate: int, trained_rate: int) -> in
 
 
 def separate_function(modules: Sequence[torch.nn.Module], *, normalize: str | None = None,
-                      predicted: Sequence[str], residual: str | None = None,
-                      wanted: Sequence[str]) -> SeparateFn:
+                      predicted: Sequence[str], wanted: Sequence[str]) -> SeparateFn:
     """A differentiable (B, C, T) -> (B, len(wanted), C, T) function of frozen modules.
 
-    `predicted` are the module's stems in order; `residual` (optional) the name of the mixture
-    minus them; `wanted` the stems to return, in that order. With `normalize` ("msst",
+    `predicted` are the module's stems in order; `wanted` the stems to return, in that order (a
+    residual stem is never one: see `train_kernel_for_model`). With `normalize` ("msst",
     "demucs" or "demucs_v2") each item is standardised by its mono mixture first and the stems
     mapped back (`sfsep.inference.normalize_mixture`), as the pipeline does for the whole track.
     """
-    names = list(predicted) + ([residual] if residual else [])
-    missing = [name for name in wanted if name not in names]
+    missing = [name for name in wanted if name not in predicted]
     if missing:
         raise UsageError(f"the model does not predict {', '.join(missing)}")
-    order = [names.index(name) for name in wanted]
+    order = [list(predicted).index(name) for name in wanted]
     for module in modules:
         module.eval()
         for parameter in module.parameters():
@@ -198,8 +196,6 @@ def separate_function(modules: Sequence[torch.nn.Module], *, normalize: str | No
         stems = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
         if restore is not None:
             stems = restore(stems)
-        if residual:
-            stems = torch.cat([stems, (mixture - stems.sum(1))[:, None]], dim=1)
         return stems[:, order]
 
     return run
@@ -207,6 +203,11 @@ def separate_function(modules: Sequence[torch.nn.Module], *, normalize: str | No
 
 # --------------------------------------------------------------------------------------------
 # Data: random and fixed segments of MUSDB18-HQ tracks, brought down to the input rate
+
+
+def _stacked(items: Sequence[Batch]) -> Batch:
+    """(mixture, stems) segments as one batch: (B, C, T) and (B, stems, C, T)."""
+    return torch.stack([mixture for mixture, _ in items]), torch.stack([stems for _, stems in items])
 
 
 class MusdbSegments:
@@ -256,7 +257,7 @@ class MusdbSegments:
             track = self.tracks[int(torch.randint(len(self.tracks), (1,), generator=generator))]
             start = int(torch.randint(track.num_samples - self.source_length + 1, (1,), generator=generator))
             items.append(self.segment(track, start))
-        return torch.stack([m for m, _ in items]), torch.stack([s for _, s in items])
+        return _stacked(items)
 
     def fixed_batches(self, per_track: int, batch_size: int) -> list[Batch]:
         """Evenly spaced segments of every track, grouped into batches (the validation set)."""
@@ -265,9 +266,7 @@ class MusdbSegments:
             room = track.num_samples - self.source_length
             for index in range(per_track):
                 items.append(self.segment(track, room * (index + 1) // (per_track + 1)))
-        return [(torch.stack([m for m, _ in items[i:i + batch_size]]),
-                 torch.stack([s for _, s in items[i:i + batch_size]]))
-                for i in range(0, len(items), batch_size)]
+        return [_stacked(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
 class GeneratedSegments:
@@ -294,15 +293,13 @@ class GeneratedSegments:
         room = self.clips.shape[-1] - self.length + 1
         items = [self._segment(int(torch.randint(len(self.clips), (1,), generator=generator)),
                                int(torch.randint(room, (1,), generator=generator))) for _ in range(batch_size)]
-        return torch.stack([m for m, _ in items]), torch.stack([s for _, s in items])
+        return _stacked(items)
 
     def fixed_batches(self, per_track: int, batch_size: int) -> list[Batch]:
         room = self.clips.shape[-1] - self.length
         items = [self._segment(clip, room * (index + 1) // (per_track + 1))
                  for clip in range(len(self.clips)) for index in range(per_track)]
-        return [(torch.stack([m for m, _ in items[i:i + batch_size]]),
-                 torch.stack([s for _, s in items[i:i + batch_size]]))
-                for i in range(0, len(items), batch_size)]
+        return [_stacked(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
 GENERATED_VALID_CLIPS = 4
