@@ -4,6 +4,6 @@
   the demo model is trained and validated on;
 - `train`: the training script (`python -m sfsep.demo.train`), which also prints the validation
   tables at 44.1 kHz and below;
-- `demo_bsrnn.safetensors` and `validation.json` (package data): the trained weights, which the
+- `demo.safetensors` and `validation.json` (package data): the trained weights, which the
   registry entry `demo` loads with no download, and the scores recorded for them.
 """

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile
@@ -88,12 +87,6 @@ def generate_clip(seed: int, split: str, index: int, seconds: float = 4.0) -> np
     peak = np.abs(result.sum(0)).max()
     result *= rng.uniform(0.5, 0.95) / max(peak, 1e-8)
     return result
-
-
-def generate_clips(seed: int, split: str, count: int, seconds: float = 4.0, start: int = 0) -> Iterator[np.ndarray]:
-    """Clips start .. start + count - 1 of a split."""
-    for index in range(start, start + count):
-        yield generate_clip(seed, split, index, seconds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,8 +456,8 @@ def _vocals(song: _Song) -> np.ndarray:
 def write_musdb_folder(root: str | os.PathLike, seed: int, split: str, count: int, seconds: float,
                        subset_folder: str = "test") -> Path:
     """Clips 0 .. count - 1 of a split as a MUSDB18-HQ-like folder that `sfsep eval` reads:
-    <root>/<subset_folder>/<split>-<index>/{mixture,vocals,drums,bass,other}.wav, 32-bit float WAV
-    (no quantization). Returns root."""
+    <root>/<subset_folder>/<split>-<seed>-<index, 3 digits>/{mixture,vocals,drums,bass,other}.wav,
+    32-bit float WAV (no quantization). Returns root."""
     root = Path(root)
     for index in range(count):
         clip = generate_clip(seed, split, index, seconds)

@@ -53,7 +53,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..audio import write_text_atomic
+from ..audio import atomic_path, write_text_atomic
 from ..evaluate.runner import parse_metrics
 from ..registry import get_spec
 from .generate import RATE, STEMS, generate_clip, write_musdb_folder
@@ -140,10 +140,8 @@ def _stft(signal: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 def separation_loss(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """L1 of the waveforms plus L1 of the complex STFTs (window 1024)."""
-    loss = (estimates - references).abs().mean()
-    for n_fft in (1024,):
-        loss = loss + (_stft(estimates, n_fft) - _stft(references, n_fft)).abs().mean()
-    return loss
+    waveform = (estimates - references).abs().mean()
+    return waveform + (_stft(estimates, 1024) - _stft(references, 1024)).abs().mean()
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -170,20 +168,13 @@ def segment_samples() -> int:
     return int(get_spec(MODEL_NAME).chunk_size)
 
 
-def _save_atomic(payload: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-
-
 def export_weights(model: torch.nn.Module, path: Path) -> Path:
     """The model's state as float16 safetensors (a plain state_dict; sfsep upcasts it on load)."""
     from safetensors.torch import save_file
 
     state = {key: value.detach().to(torch.float16).contiguous() for key, value in model.state_dict().items()}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(temporary), metadata={"sfsep_model": MODEL_NAME})
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(state, temporary, metadata={"sfsep_model": MODEL_NAME})
     return path
 
 
@@ -216,9 +207,10 @@ def train(options: TrainOptions, out: Path, *, resume: bool = False, log=print) 
         f"{pool.seconds_to_generate:.0f} s")
 
     def save() -> None:
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "generator": generator.get_state(), "step": step, "history": history,
-                      "options": options.__dict__}, checkpoint)
+        with atomic_path(checkpoint) as temporary:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(), "step": step, "history": history,
+                        "options": options.__dict__}, temporary)
 
     load_at_start = _load()
     started = time.perf_counter()
